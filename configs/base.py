@@ -1,0 +1,67 @@
+"""Defaults shared by every experiment; each config file starts from ``base.get_base()``.
+
+Every field is documented here once. Stable keys (DESIGN.md): seed, train.steps,
+train.batch_size, train.learning_rate, eval.every_steps, checkpoint.every_steps, mesh.data,
+mesh.fsdp, mesh.tensor, data.train_path, data.eval_path, init_from.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from lm_research.models.config import ModelConfig
+
+
+def model_block(**fields) -> ml_collections.ConfigDict:
+  """A ``config.model`` block holding every ModelConfig field (so each can be overridden)."""
+  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+              if f.default is not dataclasses.MISSING}
+  return ml_collections.ConfigDict(dict(defaults, **fields))
+
+
+def get_base() -> ml_collections.ConfigDict:
+  """The default experiment: every section and field, before a config file specialises it."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameters, dropout, data order and masking all derive from it
+  c.objective = "causal_lm"  # 'mlm_nsp' | 'causal_lm' | 'span_corruption'
+  c.init_from = ""  # a native checkpoint dir or a Hugging Face folder to start from
+
+  c.model = model_block(family="decoder", vocab_size=256, d_model=64, num_layers=2,
+                        num_heads=2, d_ff=256)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100
+  c.train.batch_size = 8  # global batch (all devices, all processes)
+  c.train.seq_len = 128  # tokens per example (encoder input length for span corruption)
+  c.train.learning_rate = 1e-3
+  c.train.optimizer = "adamw"  # 'adamw' | 'adafactor'
+  c.train.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'inverse_sqrt' | 'constant'
+  c.train.warmup_steps = 10
+  c.train.weight_decay = 0.01  # not applied to biases, norms
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
+  c.train.grad_accum_steps = 1  # microbatches per update (batch_size must divide by it)
+  c.train.z_loss = 0.0  # weight of log(Z)^2, stabilises decoder logits
+  c.train.on_nan = "stop"  # 'stop' the run, or 'skip' the update, on a NaN/Inf loss
+  c.train.log_every_steps = 10
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 50  # 0 disables periodic evaluation
+  c.eval.steps = 4  # batches per evaluation
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 100  # 0 saves only at the end
+  c.checkpoint.keep = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 = every device not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # 'synthetic' (seeded random tokens) until a real source is set
+  c.data.train_path = ""
+  c.data.eval_path = ""
+  return c

@@ -1,0 +1,27 @@
+"""T5 tiny: a 2+2-layer, 128-wide encoder-decoder pretrained with span corruption.
+
+Command:
+  python -m lm_research.main --config=configs/t5_tiny.py --workdir=runs/t5_tiny
+Sized to train in minutes on a laptop CPU.
+"""
+
+from configs import base
+
+
+def get_config(arg: str = ""):
+  """T5-tiny (T5 1.0 block: ReLU MLP, tied head); ``arg='v1_1'`` gives gated-GELU, untied."""
+  c = base.get_base()
+  c.objective = "span_corruption"
+  c.model = base.model_block(
+      family="encoder_decoder", vocab_size=8192, d_model=128, num_layers=2,
+      num_decoder_layers=2, num_heads=4, head_dim=32, d_ff=512, position="relative",
+      norm="rmsnorm", norm_eps=1e-6, activation="relu", use_bias=False, attention_scale=1.0,
+      initializer_range=0.05, dropout_rate=0.1, head="lm")
+  if arg == "v1_1":
+    c.model.update(activation="gelu_tanh", gated_mlp=True, tie_embeddings=False)
+  elif arg:
+    raise ValueError(f"configs/t5_tiny.py takes '' or 'v1_1', got {arg!r}.")
+  c.train.seq_len = 128
+  c.train.batch_size = 16
+  c.train.learning_rate = 3e-3
+  return c

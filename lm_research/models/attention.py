@@ -1,0 +1,140 @@
+"""Attention: masks, rotary and relative positions, and the multi-head attention module.
+
+All attention goes through ``dot_product_attention`` so another kernel (Pallas, splash) can
+slot in behind the same call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm_research import sharding
+from lm_research.models.config import ModelConfig
+from lm_research.models.layers import dense, normal_init
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
+                          scale: float | None = None) -> jax.Array:
+  """softmax(q k^T * scale + bias, masked) v via jax.nn.dot_product_attention (cuDNN on GPU)."""
+  return jax.nn.dot_product_attention(
+      q_BTNH, k_BSKH, v_BSKH, bias=bias_BNTS, mask=mask_B1TS, scale=scale)
+
+
+def segments_from_inputs(input_ids_BT, attention_mask_BT=None, segment_ids_BT=None) -> jax.Array:
+  """Segment ids (0 = padding, 1.. = documents) from explicit ids, a padding mask, or neither."""
+  if segment_ids_BT is not None:
+    return jnp.asarray(segment_ids_BT, jnp.int32)
+  if attention_mask_BT is not None:
+    return jnp.asarray(attention_mask_BT, jnp.int32)
+  return jnp.ones(input_ids_BT.shape, jnp.int32)
+
+
+def positions_from_segments(segment_ids_BT: jax.Array) -> jax.Array:
+  """Positions that restart at 0 at the start of each segment (packed documents)."""
+  idx_BT = jnp.broadcast_to(jnp.arange(segment_ids_BT.shape[1]), segment_ids_BT.shape)
+  starts_BT = jnp.concatenate(
+      [jnp.ones_like(segment_ids_BT[:, :1], bool),
+       segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1)
+  last_start_BT = jax.lax.cummax(jnp.where(starts_BT, idx_BT, 0), axis=1)
+  return idx_BT - last_start_BT
+
+
+def attention_mask(q_segments_BT, kv_segments_BS, *, causal: bool) -> jax.Array:
+  """Boolean (B, 1, T, S) mask: same segment, key not padding, and (causal) key index <= query.
+
+  A padding query (segment 0) may look at every real key: that keeps padded rows finite and
+  matches Hugging Face, which masks keys only.
+  """
+  q = q_segments_BT[:, :, None]
+  k = kv_segments_BS[:, None, :]
+  allowed_BTS = (k != 0) & ((q == k) | (q == 0))
+  if causal:
+    t, s = q_segments_BT.shape[1], kv_segments_BS.shape[1]
+    allowed_BTS &= jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + (s - t)
+  return allowed_BTS[:, None, :, :]
+
+
+def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding in the half-split layout used by LLaMA and Hugging Face."""
+  half = x_BTNH.shape[-1] // 2
+  freq_h = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BTh = positions_BT[..., None].astype(jnp.float32) * freq_h
+  sin, cos = jnp.sin(angle_BTh)[:, :, None, :], jnp.cos(angle_BTh)[:, :, None, :]
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def relative_position_bucket(relative_BTS: jax.Array, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+  """T5's log-spaced buckets of (key position - query position)."""
+  buckets = jnp.zeros_like(relative_BTS)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_BTS > 0).astype(relative_BTS.dtype) * num_buckets
+    distance = jnp.abs(relative_BTS)
+  else:
+    distance = -jnp.minimum(relative_BTS, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # Guard the log against distance 0; those entries take the is_small branch anyway.
+  log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+  large = max_exact + (log_ratio / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(relative_BTS.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nnx.Module):
+  """T5's learned per-head bias over relative-position buckets, shared by all layers."""
+
+  def __init__(self, cfg: ModelConfig, *, bidirectional: bool, rngs: nnx.Rngs):
+    self.bidirectional = bidirectional
+    self.num_buckets = cfg.rel_buckets
+    self.max_distance = cfg.rel_max_distance
+    self.embedding = nnx.Param(normal_init(cfg, (None, "heads"))(
+        rngs.params(), (cfg.rel_buckets, cfg.num_heads), jnp.dtype(cfg.param_dtype)))
+
+  def __call__(self, q_positions_BT: jax.Array, k_positions_BS: jax.Array) -> jax.Array:
+    relative_BTS = k_positions_BS[:, None, :] - q_positions_BT[:, :, None]
+    bucket_BTS = relative_position_bucket(
+        relative_BTS, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+        max_distance=self.max_distance)
+    bias_BTSN = jnp.take(self.embedding[...], bucket_BTS, axis=0)
+    return jnp.transpose(bias_BTSN, (0, 3, 1, 2)).astype(jnp.float32)
+
+
+class Attention(nnx.Module):
+  """Multi-head (or grouped-query) attention with optional RoPE; self- or cross-attention."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    n, k, h, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
+    self.num_heads, self.kv_heads, self.head_dim = n, k, h
+    self.query = dense(cfg, d, n * h, ("embed", "heads"), rngs=rngs)
+    self.key = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs)
+    self.value = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs)
+    self.out = dense(cfg, n * h, d, ("heads", "embed"), rngs=rngs)
+    self.rope_theta = cfg.rope_theta if cfg.position == "rope" else None
+    self.scale = cfg.attention_scale
+
+  def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
+               bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
+               k_positions_BS: jax.Array | None = None) -> jax.Array:
+    b, t, _ = x_BTD.shape
+    s = kv_BSD.shape[1]
+    q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
+    k_BSKH = self.key(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
+    v_BSKH = self.value(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
+    q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))
+    if self.rope_theta is not None:
+      q_BTNH = apply_rope(q_BTNH, q_positions_BT, self.rope_theta)
+      k_BSKH = apply_rope(k_BSKH, k_positions_BS, self.rope_theta)
+    if bias_BNTS is not None:
+      bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
+    o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,
+                                   bias_BNTS=bias_BNTS, scale=self.scale)
+    return self.out(o_BTNH.reshape(b, t, self.num_heads * self.head_dim))

@@ -1,0 +1,127 @@
+"""Typed model configuration: the one place where a model's shape and options are defined.
+
+Configs arrive as ml-collections blocks (``config.model``) and are turned into this frozen
+dataclass at the model boundary, so a typo or an impossible combination fails here, early,
+with one sentence that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+FAMILIES = ("encoder", "decoder", "encoder_decoder")
+HEADS = ("none", "lm", "pretraining", "sequence_classification", "token_classification")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "relative")
+REMAT_POLICIES = ("none", "full", "save_dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and options of one Transformer; see configs/*.py for the published presets."""
+
+  family: str  # 'encoder' (BERT), 'decoder' (GPT-2 / LLaMA-style) or 'encoder_decoder' (T5)
+  vocab_size: int
+  d_model: int
+  num_layers: int  # encoder layers for encoder_decoder, else all layers
+  num_heads: int
+  d_ff: int
+  head_dim: int | None = None  # defaults to d_model // num_heads (T5 sets d_kv freely)
+  num_kv_heads: int | None = None  # grouped-query attention; defaults to num_heads
+  num_decoder_layers: int | None = None  # encoder_decoder only; defaults to num_layers
+  max_len: int = 512  # size of the learned position table
+  type_vocab_size: int = 0  # BERT token types (segments A/B); 0 = no token-type embedding
+  position: str = "learned"  # 'learned' | 'rope' | 'relative' (T5 buckets)
+  rope_theta: float = 10000.0
+  rel_buckets: int = 32
+  rel_max_distance: int = 128
+  norm: str = "layernorm"  # 'layernorm' | 'rmsnorm' (T5 / LLaMA, no mean subtraction)
+  norm_eps: float = 1e-5
+  pre_norm: bool = True  # False = BERT's post-LN blocks (and LayerNorm after the embeddings)
+  activation: str = "gelu"  # 'gelu' (exact erf), 'gelu_tanh', 'relu', 'silu'
+  gated_mlp: bool = False  # SwiGLU / gated-GELU: act(x W0) * (x W1)
+  use_bias: bool = True
+  tie_embeddings: bool = True  # LM head = embedding.attend (T5 rescales by d_model**-0.5)
+  attention_scale: float | None = None  # None = 1/sqrt(head_dim); T5 uses 1.0
+  head: str = "lm"  # which output head: see HEADS
+  num_labels: int = 2  # sequence/token classification heads
+  pooler: bool = False  # BERT's dense+tanh over [CLS]
+  dropout_rate: float = 0.0
+  initializer_range: float = 0.02
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # storage dtype of parameters (keep f32 master weights)
+  remat: str = "none"  # rematerialise each block: 'none' | 'full' | 'save_dots'
+  scan_layers: bool = False  # one jax.lax.scan over stacked layers instead of a Python loop
+
+  def __post_init__(self):
+    _check_choice("family", self.family, FAMILIES)
+    _check_choice("head", self.head, HEADS)
+    _check_choice("activation", self.activation, ACTIVATIONS)
+    _check_choice("norm", self.norm, NORMS)
+    _check_choice("position", self.position, POSITIONS)
+    _check_choice("remat", self.remat, REMAT_POLICIES)
+    _check_choice("dtype", self.dtype, DTYPES)
+    _check_choice("param_dtype", self.param_dtype, DTYPES)
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}.")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}; "
+          "change one of them or set model.head_dim explicitly.")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(
+          f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads="
+          f"{self.kv_heads} for grouped-query attention.")
+    if self.position == "relative" and self.family == "decoder":
+      raise ValueError("model.position='relative' (T5 buckets) is for encoders and "
+                       "encoder_decoder; use 'learned' or 'rope' for a decoder.")
+    if self.position == "rope" and self.dim_per_head % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got {self.dim_per_head}.")
+    if self.head == "pretraining" and self.family != "encoder":
+      raise ValueError("model.head='pretraining' (MLM + NSP) exists for the encoder family only.")
+    if self.head in ("sequence_classification", "token_classification") and self.num_labels < 1:
+      raise ValueError(f"model.num_labels must be at least 1, got {self.num_labels}.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+  def replace(self, **changes: Any) -> "ModelConfig":
+    """Returns a copy with some fields changed (validated again)."""
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_dict(cls, block: Mapping[str, Any]) -> "ModelConfig":
+    """Builds the config from a ``config.model`` block; unknown keys name the nearest valid one."""
+    block = dict(block)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in block:
+      if key not in valid:
+        near = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean model.{near[0]}?" if near else ""
+        raise ValueError(f"Unknown model config key model.{key}.{hint}")
+    return cls(**block)
+
+  def to_dict(self) -> dict[str, Any]:
+    """Plain dict of every field, for JSON files and checkpoints."""
+    return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"model.{name}={value!r} is not one of {', '.join(choices)}.")

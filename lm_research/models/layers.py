@@ -1,0 +1,108 @@
+"""Building blocks shared by the three families: dense layers, norms, MLPs, dropout.
+
+Shape glossary used in names throughout ``models/``:
+  B batch, T query length, S key length, D d_model, F d_ff, N heads, K kv heads, H head_dim,
+  V vocabulary, L layers.
+Every parameter is created with logical axis names (see ``lm_research.sharding``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm_research.models.config import ModelConfig
+
+
+def normal_init(cfg: ModelConfig, names: tuple[str | None, ...]):
+  """Truncated-free normal(0, initializer_range) initializer carrying logical axis names."""
+  return nnx.with_partitioning(
+      nnx.initializers.normal(cfg.initializer_range), names, eager_sharding=False)
+
+
+def zeros_init(names: tuple[str | None, ...]):
+  """Zeros initializer carrying logical axis names."""
+  return nnx.with_partitioning(nnx.initializers.zeros_init(), names, eager_sharding=False)
+
+
+def ones_init(names: tuple[str | None, ...]):
+  """Ones initializer carrying logical axis names."""
+  return nnx.with_partitioning(nnx.initializers.ones_init(), names, eager_sharding=False)
+
+
+def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str, str], *,
+          rngs: nnx.Rngs, use_bias: bool | None = None) -> nnx.Linear:
+  """A Linear layer with kernel (d_in, d_out) named ``names`` and a bias named names[1]."""
+  return nnx.Linear(
+      d_in, d_out,
+      use_bias=cfg.use_bias if use_bias is None else use_bias,
+      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=normal_init(cfg, names), bias_init=zeros_init((names[1],)),
+      rngs=rngs)
+
+
+class Norm(nnx.Module):
+  """LayerNorm or RMSNorm (T5/LLaMA: no mean, no bias), computed in float32."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    del rngs  # deterministic init
+    self.kind = cfg.norm
+    self.eps = cfg.norm_eps
+    self.scale = nnx.Param(ones_init(("embed",))(None, (cfg.d_model,), jnp.dtype(cfg.param_dtype)))
+    if cfg.norm == "layernorm":
+      self.bias = nnx.Param(zeros_init(("embed",))(None, (cfg.d_model,),
+                                                    jnp.dtype(cfg.param_dtype)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    if self.kind == "layernorm":
+      mean = x.mean(-1, keepdims=True)
+      x = x - mean
+    var = jnp.mean(jnp.square(x), -1, keepdims=True)
+    y = x * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+    if self.kind == "layernorm":
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(dtype)
+
+
+def activation_fn(name: str):
+  """Maps an activation name to its function (HF's 'gelu' is the exact erf form)."""
+  return {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+      "silu": jax.nn.silu,
+  }[name]
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when ``rng`` is None (evaluation) or rate is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Mlp(nnx.Module):
+  """Feed-forward block: act(x W_in) W_out, or the gated form act(x W_gate) * (x W_in) W_out."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.activation = cfg.activation
+    self.gated = cfg.gated_mlp
+    if cfg.gated_mlp:
+      self.gate = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), rngs=rngs)
+    self.wi = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), rngs=rngs)
+    self.wo = dense(cfg, cfg.d_ff, cfg.d_model, ("mlp", "embed"), rngs=rngs)
+    # HF's T5 drops out inside the MLP; BERT and GPT-2 only after it (done by the block).
+    self.rate = cfg.dropout_rate if cfg.family == "encoder_decoder" else 0.0
+
+  def __call__(self, x_BTD: jax.Array, rng: jax.Array | None) -> jax.Array:
+    act = activation_fn(self.activation)
+    if self.gated:
+      h_BTF = act(self.gate(x_BTD)) * self.wi(x_BTD)
+    else:
+      h_BTF = act(self.wi(x_BTD))
+    h_BTF = dropout(h_BTF, self.rate, rng)
+    return self.wo(h_BTF)

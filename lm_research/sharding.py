@@ -1,0 +1,117 @@
+"""The one module that knows mesh axis names: logical axes -> ('data', 'fsdp', 'tensor').
+
+Model code names logical axes only (glossary below). This module maps them onto a device
+mesh, builds the mesh from config, and constrains activations when a mesh is active.
+
+Logical axes:
+  batch   examples in a batch            -> data x fsdp
+  length  sequence positions              -> not sharded
+  embed   model width (d_model)           -> fsdp (parameters) / not sharded (activations)
+  mlp     feed-forward width (d_ff)       -> tensor
+  heads   attention heads (x head_dim)    -> tensor
+  kv      per-head width                  -> not sharded
+  vocab   vocabulary                      -> tensor
+  layers  stacked layers (scan)           -> not sharded
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Parameters: FSDP shards the model width; tensor parallelism shards heads, MLP and vocab.
+PARAM_RULES: dict[str, Any] = {
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "vocab": "tensor",
+    "kv": None,
+    "length": None,
+    "layers": None,
+    "batch": ("data", "fsdp"),
+}
+# Activations: batch over data x fsdp; the model width stays whole on each device.
+ACTIVATION_RULES: dict[str, Any] = dict(PARAM_RULES, embed=None)
+
+_ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("mesh", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Sizes of the three mesh axes; one may be -1 (all remaining devices)."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def resolve(self, num_devices: int) -> tuple[int, int, int]:
+    """Returns concrete axis sizes, or raises a one-line error if they cannot fit."""
+    sizes = [self.data, self.fsdp, self.tensor]
+    if sizes.count(-1) > 1:
+      raise ValueError(f"Only one of mesh.data/fsdp/tensor may be -1, got {tuple(sizes)}.")
+    if any(s == 0 or s < -1 for s in sizes):
+      raise ValueError(f"Mesh sizes must be positive or -1, got {tuple(sizes)}.")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+      if num_devices % known:
+        raise ValueError(
+            f"mesh {tuple(sizes)} does not divide the {num_devices} devices: the fixed axes "
+            f"multiply to {known}; pick sizes whose product divides {num_devices}.")
+      sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+      raise ValueError(
+          f"mesh data*fsdp*tensor = {math.prod(sizes)} but there are {num_devices} devices; "
+          "set the sizes so they multiply to the device count (or use -1 for one axis).")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the ('data', 'fsdp', 'tensor') mesh over all (or the given) devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = config.resolve(len(devices))
+  try:
+    grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices=devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: dict[str, Any] = PARAM_RULES) -> P:
+  """Turns a tuple of logical axis names into a PartitionSpec over mesh axes."""
+  used: set[str] = set()
+  spec = []
+  for name in names:
+    axis = rules.get(name) if name is not None else None
+    axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+    axes = tuple(a for a in axes if a not in used)  # a mesh axis may appear once per array
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*spec)
+
+
+@contextlib.contextmanager
+def active_mesh(mesh: Mesh) -> Iterator[Mesh]:
+  """Makes ``constrain`` place activations on this mesh while tracing a step."""
+  token = _ACTIVE_MESH.set(mesh)
+  try:
+    yield mesh
+  finally:
+    _ACTIVE_MESH.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical names; a no-op with no active mesh."""
+  mesh = _ACTIVE_MESH.get()
+  if mesh is None:
+    return x
+  spec = logical_to_spec(names, ACTIVATION_RULES)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -78,11 +78,9 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
   """Builds the ('data', 'fsdp', 'tensor') mesh over all (or the given) devices."""
   devices = list(devices if devices is not None else jax.devices())
   shape = config.resolve(len(devices))
-  try:
-    grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices=devices)
-  except (ValueError, NotImplementedError, AssertionError):
-    grid = np.asarray(devices).reshape(shape)
-  return Mesh(grid, MESH_AXES)
+  # Auto axes: shardings come from jit in/out shardings and constraints, not from types.
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
 
 
 def logical_to_spec(names: Sequence[str | None], rules: dict[str, Any] = PARAM_RULES) -> P:
@@ -115,3 +113,67 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return x
   spec = logical_to_spec(names, ACTIVATION_RULES)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
+  """NamedSharding for every parameter leaf, from the logical names it was created with."""
+  from flax import nnx  # local: keeps this module importable without flax for launch tools
+  specs = nnx.get_partition_spec(abstract_params)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec))), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def matching_shardings(mesh: Mesh, tree: Any, params: Any, shardings: Any) -> Any:
+  """Shardings for a tree whose leaves mirror parameters (e.g. Adam moments); else replicated.
+
+  A leaf gets a parameter's sharding when its key path ends with that parameter's path and
+  the shapes agree; counters and factored Adafactor statistics are replicated.
+  """
+  by_path = {}
+  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                    jax.tree.leaves(shardings)):
+    by_path[tuple(map(str, path))] = (leaf.shape, sharding)
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    keys = tuple(map(str, path))
+    for start in range(len(keys)):
+      shape, sharding = by_path.get(keys[start:], (None, None))
+      if shape is not None and shape == leaf.shape:
+        return sharding
+    return replicated
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Rows over data x fsdp, everything else whole."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def global_batch(mesh: Mesh, host_batch: dict) -> dict:
+  """Turns this process's rows into global jax.Arrays sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
+          for k, v in host_batch.items()}
+
+
+def check_divisibility(mesh: Mesh, *, global_batch_size: int, grad_accum_steps: int,
+                       model_cfg: Any) -> None:
+  """One-line errors, before compiling, for a mesh that cannot split the batch or the model."""
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro = global_batch_size // max(grad_accum_steps, 1)
+  if global_batch_size % grad_accum_steps:
+    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by "
+                     f"train.grad_accum_steps={grad_accum_steps}.")
+  if micro % rows:
+    raise ValueError(
+        f"The microbatch of {micro} rows does not split over mesh data*fsdp={rows}; make "
+        "train.batch_size / train.grad_accum_steps a multiple of mesh.data * mesh.fsdp.")
+  tensor, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
+  checks = {"model.num_heads": model_cfg.num_heads, "model.num_kv_heads": model_cfg.kv_heads,
+            "model.d_ff": model_cfg.d_ff, "model.vocab_size": model_cfg.vocab_size}
+  for name, size in checks.items():
+    if size % tensor:
+      raise ValueError(f"{name}={size} is not divisible by mesh.tensor={tensor}; choose a "
+                       "tensor-parallel size that divides the heads, d_ff and vocabulary.")
+  if model_cfg.d_model % fsdp:
+    raise ValueError(f"model.d_model={model_cfg.d_model} is not divisible by mesh.fsdp={fsdp}.")

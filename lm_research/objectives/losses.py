@@ -1,0 +1,54 @@
+"""Weighted cross-entropy and the ``Objective`` interface the train and eval steps use.
+
+Every metric is a ratio ``numerator / denominator``: numerators are sums over a (micro)batch
+that depend on the model, denominators depend on the batch alone (e.g. the number of target
+tokens). Computing denominators once over the whole batch makes k accumulated microbatches
+equal one large batch exactly, and lets evaluation average over batches without bias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a training objective tells the engine."""
+
+  name: str
+  family: str  # the model family it trains
+  numerators: Callable  # (model, batch, dropout_rng, z_loss) -> {term: sum}
+  denominators: Callable[[Batch], dict]  # batch -> {denominator name: count}
+  terms: Mapping[str, str]  # metric term -> name of its denominator
+  loss_terms: tuple[str, ...]  # terms that add up to the optimised loss
+  tokens: Callable[[Batch], jax.Array]  # tokens processed in a batch (for tokens/s)
+
+  def ratios(self, numerators: Mapping, denominators: Mapping) -> dict[str, jax.Array]:
+    """Each term divided by its denominator, plus 'loss' = the sum of the loss terms."""
+    out = {t: numerators[t] / jnp.maximum(denominators[d], 1.0) for t, d in self.terms.items()}
+    if "loss" not in out:
+      out["loss"] = sum(out[t] for t in self.loss_terms)
+    return out
+
+
+def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array,
+                       z_loss: float = 0.0) -> dict[str, jax.Array]:
+  """Weighted sums of token cross-entropy, z-loss (log Z)^2 and correct argmax predictions."""
+  logits_BTV = logits_BTV.astype(jnp.float32)
+  weights_BT = weights_BT.astype(jnp.float32)
+  ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+  sums = {
+      "ce": jnp.sum(ce_BT * weights_BT),
+      "correct": jnp.sum((jnp.argmax(logits_BTV, -1) == targets_BT) * weights_BT),
+  }
+  if z_loss:
+    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    sums["z"] = z_loss * jnp.sum(jnp.square(log_z_BT) * weights_BT)
+  return sums

@@ -1,0 +1,87 @@
+"""Optimizer and learning-rate schedule from ``config.train`` (optax)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Parameter leaves that get weight decay; biases, norm scales and other vectors do not.
+DECAYED_NAMES = ("kernel", "embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The optimizer part of ``config.train``."""
+
+  steps: int
+  learning_rate: float
+  optimizer: str = "adamw"
+  schedule: str = "linear"
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip: float = 0.0
+
+  def __post_init__(self):
+    if self.optimizer not in ("adamw", "adafactor"):
+      raise ValueError(f"train.optimizer={self.optimizer!r} is not one of adamw, adafactor.")
+    if self.schedule not in ("linear", "cosine", "inverse_sqrt", "constant"):
+      raise ValueError(f"train.schedule={self.schedule!r} is not one of linear, cosine, "
+                       "inverse_sqrt, constant.")
+    if self.learning_rate <= 0 or self.steps <= 0:
+      raise ValueError("train.learning_rate and train.steps must be positive.")
+
+  @classmethod
+  def from_train_config(cls, train: Any) -> "OptimConfig":
+    """Picks the optimizer fields out of the ``config.train`` block."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{n: train[n] for n in names if n in train})
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
+  """Linear warmup to the peak, then linear / cosine / inverse-sqrt decay or constant."""
+  warmup = max(cfg.warmup_steps, 0)
+  peak = cfg.learning_rate
+  decay_steps = max(cfg.steps - warmup, 1)
+  if cfg.schedule == "linear":
+    decay = optax.linear_schedule(peak, 0.0, decay_steps)
+  elif cfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps)
+  elif cfg.schedule == "inverse_sqrt":
+    offset = max(warmup, 1)
+    decay = lambda s: peak * jnp.sqrt(offset / (s + offset))  # noqa: E731  (T5's rsqrt decay)
+  else:
+    decay = optax.constant_schedule(peak)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+  """True for kernels and embedding tables, False for biases and norm scales."""
+  def is_decayed(path, _):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    names = [n for n in names if n not in (None, "value")]
+    return bool(names) and names[-1] in DECAYED_NAMES
+  return jax.tree_util.tree_map_with_path(is_decayed, params)
+
+
+def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The full update rule: clipping, then AdamW or Adafactor with the schedule."""
+  schedule = learning_rate_schedule(cfg)
+  parts = []
+  if cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  if cfg.optimizer == "adamw":
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
+  else:
+    parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
+                                 weight_decay_mask=decay_mask))
+  return optax.chain(*parts), schedule

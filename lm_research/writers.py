@@ -1,0 +1,66 @@
+"""Where metrics go: ``WORKDIR/metrics.jsonl`` always, a console progress line, and more sinks.
+
+Only process 0 writes. Each logged step is one JSON object: {"step": N, "train/loss": ...}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from typing import Mapping
+
+from absl import logging
+
+
+class MetricsWriter:
+  """Appends one JSON line per logged step to ``WORKDIR/metrics.jsonl`` (process 0 only)."""
+
+  def __init__(self, workdir: str, *, is_main: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.is_main = is_main
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Writes ``metrics`` for ``step``; non-finite values become null (valid JSON)."""
+    if not self.is_main:
+      return
+    record = {"step": int(step)}
+    for key, value in metrics.items():
+      value = float(value)
+      record[key] = value if math.isfinite(value) else None
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines logged after ``step`` (a resumed run re-logs them from its checkpoint)."""
+    if not self.is_main or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+
+
+def progress_line(step: int, total: int, metrics: Mapping[str, float], seconds_per_step: float,
+                  tokens_per_sec: float, mfu: float | None) -> str:
+  """'step 40/100 | loss 5.1234 | 12,345 tok/s | 0.120 s/step | MFU 3.2% | ETA 0:01:12'."""
+  parts = [f"step {step}/{total}"]
+  for key in ("train/loss", "train/accuracy", "train/mlm_accuracy", "eval/loss"):
+    if key in metrics:
+      parts.append(f"{key.split('/')[-1]} {float(metrics[key]):.4f}")
+  parts.append(f"{tokens_per_sec:,.0f} tok/s")
+  parts.append(f"{seconds_per_step:.3f} s/step")
+  if mfu is not None:
+    parts.append(f"MFU {100 * mfu:.1f}%")
+  eta = datetime.timedelta(seconds=int(max(total - step, 0) * seconds_per_step))
+  parts.append(f"ETA {eta}")
+  return " | ".join(parts)
+
+
+def log_progress(line: str, is_main: bool) -> None:
+  """Prints a progress line from process 0 (absl logging, so it lands in log files too)."""
+  if is_main:
+    logging.info("%s", line)

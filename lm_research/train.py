@@ -133,9 +133,11 @@ def run_eval(exp: Experiment, evaluate, params) -> dict[str, float]:
   return {f"eval/{k}": float(v) for k, v in ratios.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains for ``train.steps`` steps, logging and evaluating; returns the last metrics."""
-  exp = make_experiment(config)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list | None = None) -> dict[str, float]:
+  """Trains for ``train.steps`` steps (on all, or the given, devices), logging and evaluating;
+  returns the last metrics."""
+  exp = make_experiment(config, devices)
   is_main = jax.process_index() == 0
   tx, schedule = make_optimizer(exp.optim_cfg)
   with sharding.active_mesh(exp.mesh):

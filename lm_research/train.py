@@ -1,177 +1,127 @@
-"""The training loop: mesh, sharded state, jitted steps, data, logging one step behind, eval.
+"""The training loop: resume or initialise, step, log one step behind, evaluate, checkpoint.
 
-Reads top to bottom like the run it drives:
-  Config -> Mesh -> Model + optimizer state (created sharded) -> Steps (jit) -> Data -> Loop.
+Resume order: the workdir's latest readable checkpoint -> ``init_from`` (pretrained weights,
+fresh optimizer) -> fresh initialisation. SIGTERM (or TPU preemption) saves at the next step
+boundary and exits cleanly; rerunning the same command continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
-from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm_research import metrics as flops
-from lm_research import sharding, steps, writers
-from lm_research.data.synthetic import SyntheticSource, span_target_length
-from lm_research.models import ModelConfig, build_model
-from lm_research.objectives.registry import get_objective
-from lm_research.optim import OptimConfig, make_optimizer
+from lm_research import sharding, writers
+from lm_research.checkpointing import Checkpointer, PreemptionFlag
+from lm_research.experiment import (Experiment, compile_steps, create_train_state,  # noqa: F401
+                                    make_batches, make_experiment, run_eval, state_layout)
+from lm_research.optim import make_optimizer
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss or gradient became NaN/Inf and train.on_nan is 'stop'."""
 
 
-@dataclasses.dataclass
-class Experiment:
-  """Typed pieces of a config, validated before anything is compiled."""
-
-  config: ml_collections.ConfigDict
-  model_cfg: ModelConfig
-  optim_cfg: OptimConfig
-  step_cfg: steps.StepConfig
-  mesh: jax.sharding.Mesh
-  objective: Any
-
-  @property
-  def target_len(self) -> int:
-    """Decoder length for encoder-decoder batches (T5's 512 -> 114 rule), else 0."""
-    return span_target_length(self.config.train.seq_len) if self.model_cfg.family == \
-        "encoder_decoder" else 0
-
-
-def make_experiment(config: ml_collections.ConfigDict,
-                    devices: list | None = None) -> Experiment:
-  """Turns the config into typed parts and checks mesh, batch and model fit together."""
-  model_cfg = ModelConfig.from_dict(config.model)
-  objective = get_objective(config.objective)
-  if objective.family != model_cfg.family:
-    raise ValueError(f"objective={config.objective!r} trains a {objective.family} model but "
-                     f"model.family={model_cfg.family!r}; pick a matching config.")
-  if config.train.on_nan not in ("stop", "skip"):
-    raise ValueError(f"train.on_nan={config.train.on_nan!r} is not one of stop, skip.")
-  if model_cfg.position == "learned" and config.train.seq_len > model_cfg.max_len:
-    raise ValueError(f"train.seq_len={config.train.seq_len} exceeds model.max_len="
-                     f"{model_cfg.max_len}; lower the one or raise the other.")
-  mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh), devices)
-  sharding.check_divisibility(mesh, global_batch_size=config.train.batch_size,
-                              grad_accum_steps=config.train.grad_accum_steps,
-                              model_cfg=model_cfg)
-  return Experiment(
-      config=config, model_cfg=model_cfg, optim_cfg=OptimConfig.from_train_config(config.train),
-      step_cfg=steps.StepConfig(grad_accum_steps=config.train.grad_accum_steps,
-                                z_loss=config.train.z_loss),
-      mesh=mesh, objective=objective)
-
-
-def create_train_state(exp: Experiment, tx) -> tuple[nnx.GraphDef, steps.TrainState, Any]:
-  """Initialises parameters and optimizer state directly sharded on the mesh."""
-  seed = exp.config.seed
-  abstract_model = nnx.eval_shape(lambda: build_model(exp.model_cfg, seed))
-  graphdef, abstract_params = nnx.split(abstract_model)
-  param_sh = sharding.param_shardings(exp.mesh, abstract_params)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_sh = sharding.matching_shardings(exp.mesh, abstract_opt, abstract_params, param_sh)
-  replicated = NamedSharding(exp.mesh, P())
-  state_sh = steps.TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
-                              rng=replicated)
-
-  @functools.partial(jax.jit, out_shardings=state_sh)
-  def init():
-    params = nnx.state(build_model(exp.model_cfg, seed))
-    return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params),
-                            rng=jax.random.fold_in(jax.random.key(seed), 1))
-
-  return graphdef, init(), state_sh
-
-
-def compile_steps(exp: Experiment, graphdef, state_sh, tx, schedule):
-  """The jitted train step (state donated) and eval step, with explicit shardings."""
-  replicated = NamedSharding(exp.mesh, P())
-  train_fn = functools.partial(steps.train_step, graphdef, objective=exp.objective, tx=tx,
-                               schedule=schedule, cfg=exp.step_cfg)
-  train = jax.jit(train_fn, in_shardings=(state_sh, None), out_shardings=(state_sh, replicated),
-                  donate_argnums=(0,))
-  eval_fn = functools.partial(steps.eval_step, graphdef, objective=exp.objective)
-  evaluate = jax.jit(eval_fn, in_shardings=(state_sh.params, None),
-                     out_shardings=replicated)
-  return train, evaluate
-
-
-def make_batches(exp: Experiment, split: str) -> Iterator[dict]:
-  """This process's host batches for ``split`` ('train' endless, 'eval' a fixed set)."""
-  c = exp.config
-  if c.data.source != "synthetic":
-    raise ValueError(f"data.source={c.data.source!r} is not available yet; use 'synthetic'.")
-  seed = c.seed if split == "train" else c.seed + 1_000_003
-  return SyntheticSource(
-      c.objective, seed=seed, batch_size=c.train.batch_size, seq_len=c.train.seq_len,
-      vocab_size=exp.model_cfg.vocab_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
-
-
-def run_eval(exp: Experiment, evaluate, params) -> dict[str, float]:
-  """Averages every metric over ``eval.steps`` eval batches (sums of numerators/denominators)."""
-  nums: dict = {}
-  dens: dict = {}
-  batches = make_batches(exp, "eval")
-  for _ in range(exp.config.eval.steps):
-    batch = sharding.global_batch(exp.mesh, next(batches))
-    n, d = jax.device_get(evaluate(params, batch))
-    nums = {k: nums.get(k, 0.0) + float(v) for k, v in n.items()}
-    dens = {k: dens.get(k, 0.0) + float(v) for k, v in d.items()}
-  ratios = exp.objective.ratios(nums, dens)
-  return {f"eval/{k}": float(v) for k, v in ratios.items()}
+def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
+  """(graphdef, state, shardings, data state, step) from a checkpoint, init_from, or scratch."""
+  graphdef, abstract_state, state_sh, init = state_layout(exp, tx)
+  restored = ckpt.restore_latest(abstract_state)
+  if restored is not None:
+    state, data_state, step = restored
+    logging.info("Resuming from %s/%d.", ckpt.directory, step)
+    return graphdef, state, state_sh, data_state, step
+  state = init()
+  if exp.config.init_from:
+    from lm_research import pretrained  # noqa: PLC0415  (pulls in the Hugging Face converter)
+    state = state.replace(params=pretrained.load_into(
+        exp.config.init_from, graphdef, state.params, exp.model_cfg))
+  return graphdef, state, state_sh, None, 0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: list | None = None) -> dict[str, float]:
-  """Trains for ``train.steps`` steps (on all, or the given, devices), logging and evaluating;
-  returns the last metrics."""
+  """Trains to ``train.steps`` (resuming from WORKDIR/checkpoints); returns the last metrics."""
   exp = make_experiment(config, devices)
-  is_main = jax.process_index() == 0
   tx, schedule = make_optimizer(exp.optim_cfg)
-  with sharding.active_mesh(exp.mesh):
-    graphdef, state, state_sh = create_train_state(exp, tx)
-    train, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
-    return _loop(exp, state, train, evaluate, workdir, is_main)
+  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  preempted = PreemptionFlag().install()
+  try:
+    with sharding.active_mesh(exp.mesh):
+      graphdef, state, state_sh, data_state, start = _initial_state(exp, tx, ckpt)
+      train, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
+      return _loop(exp, state, data_state, start, train, evaluate, workdir, ckpt, preempted)
+  finally:
+    preempted.uninstall()
+    ckpt.close()
 
 
-def _loop(exp, state, train, evaluate, workdir, is_main) -> dict[str, float]:
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
+                  devices: list | None = None) -> dict[str, float]:
+  """``--mode=eval``: evaluates the latest checkpoint (or init_from weights) and logs it."""
+  exp = make_experiment(config, devices)
+  tx, schedule = make_optimizer(exp.optim_cfg)
+  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  try:
+    with sharding.active_mesh(exp.mesh):
+      graphdef, state, state_sh, _, step = _initial_state(exp, tx, ckpt)
+      if step == 0 and not config.init_from:
+        raise ValueError(f"No checkpoint in {ckpt.directory} and no init_from: train first, "
+                         "or pass --config.init_from=PATH.")
+      _, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
+      metrics = run_eval(exp, evaluate, state.params)
+  finally:
+    ckpt.close()
+  writers.MetricsWriter(workdir, is_main=jax.process_index() == 0).write(step, metrics)
+  writers.log_progress(f"eval at step {step}: " + ", ".join(
+      f"{k} {v:.4f}" for k, v in metrics.items()), jax.process_index() == 0)
+  return metrics
+
+
+def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
+          preempted) -> dict[str, float]:
   """Runs the steps; fetches step N's metrics after dispatching step N+1 (no host stall)."""
   c = exp.config
+  is_main = jax.process_index() == 0
   writer = writers.MetricsWriter(workdir, is_main=is_main)
+  writer.truncate_after(start_step)  # steps after the checkpoint are logged again below
   batches = make_batches(exp, "train")
+  if data_state is not None:
+    batches.set_state(data_state)
   meter = _Throughput(exp)
-  start_step = int(jax.device_get(state.step))
   pending = None  # (step number, device metrics) not yet fetched
   last: dict[str, float] = {}
   for step in range(start_step + 1, c.train.steps + 1):
     batch = sharding.global_batch(exp.mesh, next(batches))
     state, device_metrics = train(state, batch)
     if pending is not None:
-      last = _report(exp, pending, writer, meter, is_main)
+      last = _report(exp, pending, writer, meter)
     pending = (step, device_metrics)
-    if c.eval.every_steps and (step % c.eval.every_steps == 0 or step == c.train.steps):
-      last = _report(exp, pending, None, meter, is_main)
+    final = step == c.train.steps
+    if c.eval.every_steps and (step % c.eval.every_steps == 0 or final):
+      last = _report(exp, pending, None, meter)
       pending = None
-      eval_metrics = run_eval(exp, evaluate, state.params)
-      last.update(eval_metrics)
+      last.update(run_eval(exp, evaluate, state.params))
       writer.write(step, last)  # train and eval metrics of this step in one JSON line
       writers.log_progress(f"eval at step {step}: " + ", ".join(
-          f"{k} {v:.4f}" for k, v in eval_metrics.items()), is_main)
+          f"{k} {v:.4f}" for k, v in last.items() if k.startswith("eval/")), is_main)
       meter.restart()  # evaluation time is not training time
+    stop = preempted.is_set() or ckpt.reached_preemption(step)
+    every = c.checkpoint.every_steps
+    if final or stop or (every and step % every == 0):
+      if pending is not None:  # a step's metrics are on disk before its checkpoint
+        last = _report(exp, pending, writer, meter)
+        pending = None
+      ckpt.save(step, state, batches.get_state(), c.to_dict())
+    if stop:
+      ckpt.wait()
+      logging.warning("Preempted: saved a checkpoint at step %d in %s; rerun the same command "
+                      "to continue.", step, ckpt.directory)
+      return last
   if pending is not None:
-    last = _report(exp, pending, writer, meter, is_main)
+    last = _report(exp, pending, writer, meter)
   return last
 
 
@@ -208,7 +158,7 @@ class _Throughput:
             "perf/mfu": self.flops_per_example * examples_per_sec / self.peak}
 
 
-def _report(exp, pending, writer, meter, is_main) -> dict[str, float]:
+def _report(exp, pending, writer, meter) -> dict[str, float]:
   """Fetches one step's metrics, writes them (unless writer is None), prints progress, and
   acts on a non-finite loss."""
   step, device_metrics = pending
@@ -221,7 +171,7 @@ def _report(exp, pending, writer, meter, is_main) -> dict[str, float]:
     record.update(perf)
     writers.log_progress(writers.progress_line(
         step, total, record, perf["perf/step_time_s"], perf["perf/tokens_per_sec"],
-        perf["perf/mfu"]), is_main)
+        perf["perf/mfu"]), jax.process_index() == 0)
     meter.restart()
   if writer is not None:
     writer.write(step, record)

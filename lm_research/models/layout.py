@@ -57,8 +57,8 @@ def set_params(model: nnx.Module, params: dict) -> None:
     params = stack_layers(params)
   state = nnx.state(model, nnx.Param)
   expected = nnx.to_pure_dict(state)
-  flat_expected = dict(_flatten(expected))
-  flat_given = dict(_flatten(params))
+  flat_expected = flatten(expected)
+  flat_given = flatten(params)
   missing = sorted(set(flat_expected) - set(flat_given))
   unexpected = sorted(set(flat_given) - set(flat_expected))
   if missing or unexpected:
@@ -72,10 +72,22 @@ def set_params(model: nnx.Module, params: dict) -> None:
   nnx.update(model, state)
 
 
-def _flatten(tree: Any, prefix: tuple = ()):
-  """Yields (path, leaf) pairs of a nested dict."""
-  if isinstance(tree, dict):
-    for key, value in tree.items():
-      yield from _flatten(value, prefix + (key,))
-  else:
-    yield prefix, tree
+def flatten(tree: Any, prefix: tuple = ()) -> dict[tuple, Any]:
+  """{path tuple: leaf} of a nested dict."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(flatten(value, prefix + (key,)))
+  return out
+
+
+def unflatten(flat: dict[tuple, Any]) -> dict:
+  """Inverse of ``flatten``."""
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return out

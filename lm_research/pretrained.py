@@ -1,0 +1,99 @@
+"""``init_from``: load a pretrained body (native checkpoint or Hugging Face folder) into a model
+whose heads may differ. Matching parameters are copied, new ones keep their fresh values,
+and both lists are logged; a parameter whose shape differs is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from lm_research.models.config import ModelConfig
+from lm_research.models.layout import (flatten, get_params, set_params, unflatten,
+                                       unstack_layers)
+
+
+def _strip_variables(tree: Any) -> Any:
+  """Orbax's raw view of an nnx.State -> plain dict: {'value': x} leaves, '0' keys -> 0."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+      return tree["value"]
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _strip_variables(v)
+            for k, v in tree.items()}
+  return tree
+
+
+def _native_params(path: str) -> dict:
+  """Parameters of the latest step of a native checkpoint (workdir, checkpoints/ or step dir)."""
+  directory = os.path.abspath(path)
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  step = None
+  if os.path.basename(directory).isdigit() and os.path.isdir(os.path.join(directory, "state")):
+    directory, step = os.path.dirname(directory), int(os.path.basename(directory))
+  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise ValueError(f"init_from={path!r} holds no checkpoint; point it at a workdir, its "
+                     "checkpoints/ folder, a step folder, or a Hugging Face folder.")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  logging.info("init_from: native checkpoint %s/%d", directory, step)
+  return unstack_layers(_strip_variables(restored.state["params"]))
+
+
+def _source_params(path: str) -> dict:
+  """Loop-layout parameters from a native checkpoint or a Hugging Face folder."""
+  if not os.path.exists(path):
+    raise ValueError(f"init_from={path!r} does not exist; give a workdir, a checkpoint or a "
+                     "Hugging Face folder (config.json + *.safetensors).")
+  config_path = os.path.join(path, "config.json")
+  if os.path.isfile(config_path) and not os.path.isdir(os.path.join(path, "checkpoints")):
+    from lm_research.interop import hf  # noqa: PLC0415  (torch-free, but only needed here)
+    model, _ = hf.load(path)
+    return get_params(model)
+  return _native_params(path)
+
+
+def merge_params(target: dict, source: dict) -> tuple[dict, list[str], list[str]]:
+  """Target params with every same-named source param copied in; (merged, missing, unused)."""
+  flat_target, flat_source = flatten(target), flatten(source)
+  merged, missing = {}, []
+  for path, value in flat_target.items():
+    if path not in flat_source:
+      merged[path] = value
+      missing.append(".".join(map(str, path)))
+      continue
+    loaded = np.asarray(flat_source[path])
+    if loaded.shape != tuple(value.shape):
+      raise ValueError(f"init_from: parameter {'.'.join(map(str, path))} has shape "
+                       f"{loaded.shape} in the checkpoint but {tuple(value.shape)} in the model; "
+                       "the model config must match the pretrained body.")
+    merged[path] = loaded
+  unused = [".".join(map(str, p)) for p in flat_source if p not in flat_target]
+  return unflatten(merged), missing, unused
+
+
+def load_into(path: str, graphdef: nnx.GraphDef, params: Any, model_cfg: ModelConfig) -> Any:
+  """Returns ``params`` (an nnx.State) with the pretrained weights at ``path`` copied in."""
+  model = nnx.merge(graphdef, params)
+  target = get_params(model)
+  merged, missing, unused = merge_params(target, _source_params(path))
+  if len(missing) == len(flatten(target)):
+    raise ValueError(f"init_from={path!r} shares no parameter with this {model_cfg.family} "
+                     "model; check that it is the same family.")
+  if missing:
+    logging.warning("init_from: %d parameters not in the checkpoint keep their fresh "
+                    "initialisation: %s", len(missing), ", ".join(missing))
+  if unused:
+    logging.warning("init_from: %d checkpoint parameters are unused: %s", len(unused),
+                    ", ".join(unused))
+  shardings = jax.tree.map(lambda x: x.sharding, params)
+  set_params(model, merged)
+  return jax.device_put(nnx.state(model, nnx.Param), shardings)

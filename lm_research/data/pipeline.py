@@ -1,0 +1,233 @@
+"""Grain input pipelines: documents -> objective examples -> host batches, checkpointable.
+
+One pipeline per objective, built from the same stages (DESIGN.md, "How data flows"):
+
+  MapDataset.range(num_docs)            document indices (random access, lazy)
+    .shuffle(seed)                      a new order each epoch (the seed is folded with the epoch)
+    .repeat(num_epochs)                 None = forever
+    .map_with_index(tag)                (global example index, document index): per-example rngs
+    [process_index::process_count]      each host reads a disjoint part; together they read all
+    .map(build examples)                read + tokenize + the objective's example construction
+    .to_iter_dataset(ReadOptions)       background threads; a document yields a list of examples
+  FlatMapIterDataset(unlist)            one element per example
+  WindowShuffleIterDataset              mixes examples of neighbouring documents (long documents
+                                        such as a play would otherwise fill whole batches)
+  ConcatThenSplit | FirstFitPack        causal_lm rows | span_corruption rows, with segment ids
+  .batch(batch_size)                    per-process batch of numpy arrays (contract in losses)
+  .mp_prefetch(worker_count)            worker processes when worker_count > 0
+
+Randomness is a pure function of (seed, global example index), so an iterator restored with
+``set_state`` continues exactly, and masks and sentence pairs change from epoch to epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+from absl import flags
+import grain
+import numpy as np
+
+from lm_research.data import packing
+from lm_research.objectives import causal_lm, masked_lm, span_corruption
+
+OBJECTIVES = ("causal_lm", "mlm_nsp", "span_corruption")
+_BUILDER_OPTIONS = {
+    "causal_lm": (),
+    "mlm_nsp": ("short_seq_prob", "masked_lm_prob", "max_predictions_per_seq", "whole_word_mask"),
+    "span_corruption": ("noise_density", "mean_noise_span_length"),
+}
+
+
+def _text(record: Any) -> str:
+  """A pretraining record's text: ``{'text': str}`` (or a bare string)."""
+  if isinstance(record, str):
+    return record
+  if isinstance(record, Mapping) and "text" in record:
+    text = record["text"]
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+  raise TypeError(f"A pretraining record must be {{'text': str}}; got {type(record).__name__}.")
+
+
+def _lines(text: str) -> list[str]:
+  """A document's units for NSP: its non-blank lines."""
+  return [line for line in text.split("\n") if line.strip()]
+
+
+class _LazyLines(Sequence):
+  """A document's lines, tokenized on first access (NSP reads a few lines of a random document)."""
+
+  def __init__(self, lines: list[str], encode):
+    self._lines, self._encode, self._ids = lines, encode, {}
+
+  def __len__(self) -> int:
+    return len(self._lines)
+
+  def __getitem__(self, j: int) -> list[int]:
+    if j not in self._ids:
+      self._ids[j] = self._encode(self._lines[j])
+    return self._ids[j]
+
+
+class _Tag(grain.transforms.MapWithIndex):
+  """Attaches the global example index (epoch * num_docs + position) to a document index."""
+
+  def map_with_index(self, index: int, doc_index: int) -> tuple[int, int]:
+    return index, int(doc_index)
+
+
+class _BuildExamples(grain.transforms.Map):
+  """(global index, document index) -> the list of that document's examples."""
+
+  def __init__(self, source, tokenizer, objective: str, builder, seed: int):
+    self.source, self.tokenizer, self.objective = source, tokenizer, objective
+    self.builder, self.seed = builder, seed
+
+  def _other_document(self, doc_index: int) -> _LazyLines:
+    return _LazyLines(_lines(_text(self.source[doc_index])), self.tokenizer.encode)
+
+  def map(self, element: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+    global_index, doc_index = element
+    # Seeded by the global index: the same example gets the same masks after a restore, and
+    # another epoch (a larger index) gets new ones.
+    rng = np.random.default_rng([self.seed, global_index])
+    text = _text(self.source[doc_index])
+    encode = self.tokenizer.encode
+    if self.objective == "causal_lm":
+      return causal_lm.document_examples(encode(text), bos_id=self.tokenizer.bos_id,
+                                         eos_id=self.tokenizer.eos_id)
+    if self.objective == "span_corruption":
+      return self.builder(encode(text), rng)
+    document = [ids for ids in map(encode, _lines(text)) if ids]
+    return self.builder(document, doc_index, len(self.source), self._other_document, rng)
+
+
+class _Unlist(grain.experimental.FlatMapTransform):
+  """A document's list of examples -> the examples one by one."""
+
+  max_fan_out = 1 << 30  # a long document (a play) yields hundreds of examples
+
+  def flat_map(self, examples: list) -> list:
+    return examples
+
+
+class _Finalize(grain.transforms.Map):
+  """Packer output -> the objective's batch format (a picklable wrapper of a function)."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def map(self, element):
+    return self.fn(element)
+
+
+def _make_builder(objective: str, tokenizer, seq_len: int, options: dict):
+  """The objective's example builder, or a readable error for a bad option or tokenizer."""
+  unknown = set(options) - set(_BUILDER_OPTIONS[objective])
+  if unknown:
+    raise ValueError(f"Unknown option(s) {sorted(unknown)} for objective {objective!r}; "
+                     f"it accepts {list(_BUILDER_OPTIONS[objective]) or 'none'}.")
+  if objective == "mlm_nsp":
+    return masked_lm.MlmNspBuilder(tokenizer, max_seq_len=seq_len, **options)
+  if objective == "span_corruption":
+    if len(getattr(tokenizer, "sentinel_ids", None) or []) == 0:
+      raise ValueError("span_corruption needs a tokenizer with sentinel ids (<extra_id_N>).")
+    return span_corruption.SpanCorruptionBuilder(tokenizer, input_length=seq_len, **options)
+  return None
+
+
+def _check_args(source, objective, seq_len, batch_size, process_index, process_count,
+                worker_count):
+  """Bad arguments end here, in one sentence each, before any work."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f"Unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+  if len(source) == 0:
+    raise ValueError("The data source has no documents; check data.train_path/data.eval_path.")
+  if seq_len < 2 or batch_size < 1:
+    raise ValueError(f"seq_len ({seq_len}) must be >= 2 and batch_size ({batch_size}) >= 1.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  if worker_count < 0:
+    raise ValueError(f"worker_count must be >= 0; got {worker_count}.")
+
+
+def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size: int, seed: int,
+                  shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
+                  process_count: int = 1, worker_count: int = 0, read_threads: int = 2,
+                  shuffle_window: int = 1024, pad_last_batch: bool = False,
+                  **options) -> grain.IterDataset:
+  """The pipeline as a Grain IterDataset (``make_pipeline`` iterates it)."""
+  _check_args(source, objective, seq_len, batch_size, process_index, process_count,
+              worker_count)
+  builder = _make_builder(objective, tokenizer, seq_len, options)
+  ds = grain.MapDataset.range(len(source))
+  if shuffle:
+    ds = ds.shuffle(seed)
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  ds = ds.map_with_index(_Tag())
+  ds = ds[process_index::process_count]
+  ds = ds.map(_BuildExamples(source, tokenizer, objective, builder, seed))
+  # An element is a whole document's examples, so keep the read-ahead buffer short.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=max(2 * read_threads, 1)))
+  ds = grain.experimental.FlatMapIterDataset(ds, _Unlist())
+  mix = shuffle and shuffle_window > 1
+  if objective == "causal_lm":
+    ds = packing.concat_then_split(ds, {"input_ids": seq_len, "targets": seq_len})
+    if mix:  # rows, so one long document does not fill a whole batch
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
+                                                       seed=seed)
+    ds = ds.map(_Finalize(causal_lm.finalize_packed))
+  elif objective == "span_corruption":
+    if mix:  # pieces, before packing, so rows mix documents
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
+                                                       seed=seed)
+    ds = packing.first_fit(ds, {"inputs": seq_len, "targets": builder.targets_length},
+                           num_bins=max(batch_size, 8))
+    ds = ds.map(_Finalize(span_corruption.finalize_packed))
+  elif mix:
+    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
+  if pad_last_batch:
+    # Zero rows: segment ids, loss masks, MLM and NSP weights are 0, so they weigh nothing.
+    ds = ds.batch(batch_size, batch_fn=functools.partial(grain.experimental.batch_and_pad,
+                                                         batch_size=batch_size))
+  else:
+    ds = ds.batch(batch_size, drop_remainder=True)
+  if worker_count > 0:
+    # Grain's workers read absl flags; outside an absl app (tests, notebooks) use the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                     per_worker_buffer_size=2))
+  return ds
+
+
+def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
+                  seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int = 0, process_count: int = 1, worker_count: int = 0,
+                  **options) -> grain.DatasetIterator:
+  """Training batches for ``objective`` from this process's share of ``source``, forever by
+  default; ``get_state``/``set_state`` checkpoint the position.
+
+  ``source``: random access (``len``, ``[i]`` -> ``{'text': str}``). ``batch_size`` is per
+  process. ``options``: ``read_threads``, ``shuffle_window`` and the objective's own
+  (mlm_nsp: short_seq_prob, masked_lm_prob, max_predictions_per_seq, whole_word_mask;
+  span_corruption: noise_density, mean_noise_span_length).
+  """
+  return iter(build_dataset(
+      source, tokenizer, objective, seq_len=seq_len, batch_size=batch_size, seed=seed,
+      shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
+      process_count=process_count, worker_count=worker_count, **options))
+
+
+def make_eval_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
+                       seed: int = 0, process_index: int = 0, process_count: int = 1,
+                       worker_count: int = 0, **options) -> grain.DatasetIterator:
+  """One pass over this process's share of ``source`` in order, with fixed masks; the last
+  batch is filled with all-zero rows (weight 0) so no example is lost."""
+  return iter(build_dataset(
+      source, tokenizer, objective, seq_len=seq_len, batch_size=batch_size, seed=seed,
+      shuffle=False, num_epochs=1, process_index=process_index, process_count=process_count,
+      worker_count=worker_count, pad_last_batch=True, **options))

@@ -1,0 +1,213 @@
+"""Masked LM + next-sentence prediction (BERT): pretraining examples built from documents.
+
+Example construction follows google-research/bert ``create_pretraining_data.py``, run online
+instead of as a preprocessing job, so masks and sentence pairs are drawn anew each epoch:
+
+* a document is a list of lines (token id lists); consecutive lines fill a chunk up to a target
+  length (``max_seq_len - 3``, or with probability ``short_seq_prob`` a random shorter one);
+* the chunk splits at a random line boundary into segments A and B; with probability 0.5 (always
+  when the chunk has one line) B instead comes from a random other document ("not next", label 1)
+  and the chunk's unused lines are put back for the next chunk; "is next" is label 0, as in
+  Hugging Face's ``next_sentence_label``;
+* the pair is truncated one token at a time from the front or back of the longer segment;
+* 15% of the non-special tokens (capped at ``max_predictions_per_seq``) are selected: 80% become
+  ``[MASK]``, 10% a random non-special token, 10% stay; optionally whole words are selected.
+
+Two deliberate differences from the reference script: the 15% counts non-special tokens (the
+script counts [CLS]/[SEP] too, one token more at most), and random replacements never draw a
+special id (the script may insert [CLS] or [PAD]).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+TokenLines = Sequence[Sequence[int]]
+
+
+def default_max_predictions(seq_len: int, masked_lm_prob: float = 0.15) -> int:
+  """BERT's cap on masked tokens per example: 20 for 128 (ceil of 15% of the length)."""
+  return int(math.ceil(seq_len * masked_lm_prob))
+
+
+def special_token_ids(tokenizer) -> list[int]:
+  """Every special id the tokenizer defines (pad, unk, bos, eos, cls, sep, mask, sentinels)."""
+  ids = [getattr(tokenizer, name, None)
+         for name in ("pad_id", "unk_id", "bos_id", "eos_id", "cls_id", "sep_id", "mask_id")]
+  ids += list(getattr(tokenizer, "sentinel_ids", None) or [])
+  return sorted({int(i) for i in ids if i is not None and i >= 0})
+
+
+def truncate_seq_pair(tokens_a: Sequence[int], tokens_b: Sequence[int], max_num_tokens: int,
+                      rng: np.random.Generator) -> tuple[Sequence[int], Sequence[int]]:
+  """BERT's truncation: drop tokens from a random end of the longer segment until both fit."""
+  a0, a1, b0, b1 = 0, len(tokens_a), 0, len(tokens_b)
+  excess = a1 + b1 - max_num_tokens
+  if excess <= 0:
+    return tokens_a, tokens_b
+  # One coin per removed token, as the reference's `rng.random() < 0.5` per loop iteration;
+  # indices instead of `del tokens[0]` keep a very long line linear rather than quadratic.
+  for front in rng.random(excess) < 0.5:
+    if a1 - a0 > b1 - b0:
+      a0, a1 = (a0 + 1, a1) if front else (a0, a1 - 1)
+    else:
+      b0, b1 = (b0 + 1, b1) if front else (b0, b1 - 1)
+  return tokens_a[a0:a1], tokens_b[b0:b1]
+
+
+def create_segment_pairs(
+    document: TokenLines, doc_index: int, num_docs: int,
+    other_document: Callable[[int], TokenLines], *, max_num_tokens: int,
+    short_seq_prob: float, rng: np.random.Generator,
+) -> list[tuple[list[int], list[int], int]]:
+  """``create_instances_from_document`` without masking: [(tokens_a, tokens_b, nsp_label)].
+
+  ``document`` holds the non-empty lines of document ``doc_index`` (of ``num_docs``);
+  ``other_document(j)`` returns document j's lines (it may tokenize them lazily on indexing).
+  """
+  target_seq_length = max_num_tokens
+  if rng.random() < short_seq_prob:
+    target_seq_length = int(rng.integers(2, max_num_tokens + 1))
+  pairs = []
+  chunk: list[Sequence[int]] = []
+  current_length = 0
+  i = 0
+  while i < len(document):
+    chunk.append(document[i])
+    current_length += len(document[i])
+    if i == len(document) - 1 or current_length >= target_seq_length:
+      a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
+      tokens_a = [t for line in chunk[:a_end] for t in line]
+      tokens_b: list[int] = []
+      if len(chunk) == 1 or rng.random() < 0.5:
+        label = 1
+        target_b_length = target_seq_length - len(tokens_a)
+        # Ten tries to avoid the document itself, as the reference; a one-document corpus
+        # falls back to pairing the document with itself.
+        for _ in range(10):
+          random_index = int(rng.integers(0, num_docs))
+          if random_index != doc_index:
+            break
+        random_document = other_document(random_index)
+        if len(random_document):
+          for j in range(int(rng.integers(0, len(random_document))), len(random_document)):
+            tokens_b.extend(random_document[j])
+            if len(tokens_b) >= target_b_length:
+              break
+        i -= len(chunk) - a_end  # put the unused lines back
+      else:
+        label = 0
+        tokens_b = [t for line in chunk[a_end:] for t in line]
+      tokens_a, tokens_b = truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+      if tokens_a and tokens_b:  # only an empty random document leaves B empty
+        pairs.append((list(tokens_a), list(tokens_b), label))
+      chunk, current_length = [], 0
+    i += 1
+  return pairs
+
+
+def word_groups(candidates: np.ndarray, word_start: np.ndarray | None) -> list[np.ndarray]:
+  """Candidate positions grouped into maskable units: single tokens, or whole words.
+
+  ``word_start[k]`` says whether the token at position ``candidates[k]`` starts a word; a new
+  word also starts after any gap (a special token), so a word never spans [SEP].
+  """
+  if word_start is None or len(candidates) == 0:
+    return [candidates[k:k + 1] for k in range(len(candidates))]
+  starts = word_start.copy()
+  starts[0] = True
+  starts[1:] |= np.diff(candidates) != 1
+  return np.split(candidates, np.flatnonzero(starts)[1:])
+
+
+def mask_tokens(
+    input_ids: np.ndarray, candidates: np.ndarray, rng: np.random.Generator, *,
+    masked_lm_prob: float, max_predictions: int, mask_id: int, random_ids: np.ndarray,
+    word_start: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """BERT's ``create_masked_lm_predictions`` on id arrays: (masked input ids, sorted positions).
+
+  ``candidates`` are the positions that may be masked (the non-special tokens).
+  """
+  num_to_predict = min(max_predictions, max(1, int(round(len(candidates) * masked_lm_prob))))
+  groups = word_groups(candidates, word_start)
+  chosen: list[np.ndarray] = []
+  count = 0
+  for g in rng.permutation(len(groups)):
+    if count >= num_to_predict:
+      break
+    # A whole word that would overshoot the budget is skipped, as in the reference.
+    if count + len(groups[g]) > num_to_predict:
+      continue
+    chosen.append(groups[g])
+    count += len(groups[g])
+  positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
+  masked = input_ids.copy()
+  u = rng.random(len(positions))
+  replace = rng.choice(random_ids, size=len(positions))
+  masked[positions] = np.where(u < 0.8, mask_id, np.where(u < 0.9, replace, input_ids[positions]))
+  return masked, positions
+
+
+class MlmNspBuilder:
+  """Turns one document into fixed-length MLM + NSP examples (dicts of numpy arrays)."""
+
+  def __init__(self, tokenizer, *, max_seq_len: int, short_seq_prob: float = 0.1,
+               masked_lm_prob: float = 0.15, max_predictions_per_seq: int | None = None,
+               whole_word_mask: bool = False):
+    if max_seq_len < 5:
+      raise ValueError(f"mlm_nsp needs seq_len >= 5 ([CLS] A [SEP] B [SEP]); got {max_seq_len}.")
+    self.max_seq_len = max_seq_len
+    self.short_seq_prob = short_seq_prob
+    self.masked_lm_prob = masked_lm_prob
+    self.max_predictions = (max_predictions_per_seq if max_predictions_per_seq is not None
+                            else default_max_predictions(max_seq_len, masked_lm_prob))
+    self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
+    self.pad_id, self.mask_id = tokenizer.pad_id, tokenizer.mask_id
+    specials = special_token_ids(tokenizer)
+    self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials).astype(np.int32)
+    # A lookup table once, so whole-word grouping is one indexing op per example.
+    self.word_start_table = (np.array([bool(tokenizer.is_word_start(i))
+                                       for i in range(tokenizer.vocab_size)])
+                             if whole_word_mask else None)
+
+  def example(self, tokens_a: Sequence[int], tokens_b: Sequence[int], nsp_label: int,
+              rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``[CLS] A [SEP] B [SEP]``, masked and padded to ``max_seq_len``."""
+    n_a, n_b, length = len(tokens_a), len(tokens_b), len(tokens_a) + len(tokens_b) + 3
+    ids = np.full((self.max_seq_len,), self.pad_id, np.int32)
+    ids[:length] = [self.cls_id, *tokens_a, self.sep_id, *tokens_b, self.sep_id]
+    types = np.zeros((self.max_seq_len,), np.int32)
+    types[n_a + 2:length] = 1
+    candidates = np.concatenate([np.arange(1, n_a + 1), np.arange(n_a + 2, n_a + 2 + n_b)])
+    word_start = (None if self.word_start_table is None
+                  else self.word_start_table[ids[candidates]])
+    masked, positions = mask_tokens(
+        ids, candidates, rng, masked_lm_prob=self.masked_lm_prob,
+        max_predictions=self.max_predictions, mask_id=self.mask_id,
+        random_ids=self.random_ids, word_start=word_start)
+    targets = np.zeros((self.max_seq_len,), np.int32)
+    targets[positions] = ids[positions]
+    weights = np.zeros((self.max_seq_len,), np.float32)
+    weights[positions] = 1.0
+    attention = np.zeros((self.max_seq_len,), np.int32)
+    attention[:length] = 1
+    return {"input_ids": masked, "token_type_ids": types, "attention_mask": attention,
+            "mlm_targets": targets, "mlm_weights": weights,
+            "nsp_labels": np.int32(nsp_label),
+            # 1 for a real example; padded evaluation rows carry 0 (the loss reads it).
+            "nsp_weights": np.float32(1.0)}
+
+  def __call__(self, document: TokenLines, doc_index: int, num_docs: int,
+               other_document: Callable[[int], TokenLines],
+               rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """All examples of one document (empty lines already removed), masks included."""
+    if not len(document):
+      return []
+    pairs = create_segment_pairs(
+        document, doc_index, num_docs, other_document, max_num_tokens=self.max_seq_len - 3,
+        short_seq_prob=self.short_seq_prob, rng=rng)
+    return [self.example(a, b, label, rng) for a, b, label in pairs]

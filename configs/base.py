@@ -61,7 +61,20 @@ def get_base() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # 'synthetic' (seeded random tokens) until a real source is set
-  c.data.train_path = ""
-  c.data.eval_path = ""
+  # 'synthetic' (seeded random tokens), 'files' (data.train_path/eval_path in the local formats
+  # of DESIGN.md, e.g. the bundled data/shakespeare/train) or a TFDS catalog name ('lm1b',
+  # 'glue/sst2', 'conll2003', 'wmt14_translate/de-en'; prepared as ArrayRecord in data.data_dir)
+  c.data.source = "synthetic"
+  c.data.kind = ""  # 'text'|'classification'|'tagging'|'seq2seq'; '' = the catalog's, else text
+  c.data.train_path = ""  # a file, folder, glob, or several joined by commas
+  c.data.eval_path = ""  # '' = hold out every 20th document/example of train_path (logged)
+  c.data.data_dir = ""  # TFDS data dir; '' = WORKDIR/tfds for files, TFDS's default for catalog
+  c.data.train_split = ""  # catalog split names; '' = 'train'
+  c.data.eval_split = ""  # '' = the catalog table's (validation, test, validation_matched...)
+  c.data.fields = ""  # catalog features → ours, 'text=sentence,label=label'; '' = known table
+  # .model, tokenizer.json, vocab.txt or a folder holding one; '' = WORKDIR/tokenizer.model,
+  # trained on the training texts (model.vocab_size pieces at most) when it does not exist
+  c.data.tokenizer_path = ""
+  c.data.tokenizer_type = "unigram"  # SentencePiece algorithm when training: 'unigram' | 'bpe'
+  c.data.character_coverage = 0.9995  # characters kept as pieces; the rarest fall back to bytes
   return c

@@ -1,0 +1,271 @@
+"""Readers and validators for the local file formats (DESIGN.md, "Local file formats").
+
+Every reader yields records under the project's field names, whatever the file calls them:
+
+  kind            fields                       files
+  text            text                         .txt (a file is one document, its lines are kept)
+                                               or .jsonl with a "text" field (a line is a document)
+  classification  text, text_b, label          .tsv, header text[<TAB>text_b]<TAB>label, or .jsonl
+  tagging         tokens, tags                 CoNLL: token<TAB>...<TAB>tag, blank line after each
+                                               sentence
+  seq2seq         input, target                .jsonl
+
+Labels and tags stay strings here; ids are assigned from the training set downstream.
+Malformed data ends in a one-line ValueError that names the file, the line and the fix. Bytes
+that are not UTF-8 are replaced by U+FFFD with one warning per file instead: real corpora carry
+a few, and stopping a run over one odd byte would be worse than a replacement character.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+import os
+from typing import Iterable, Iterator
+
+from absl import logging
+
+KINDS = ("text", "classification", "tagging", "seq2seq")
+FIELDS = {"text": ("text",), "classification": ("text", "text_b", "label"),
+          "tagging": ("tokens", "tags"), "seq2seq": ("input", "target")}
+# What a folder is searched for; a file named explicitly is read whatever its extension.
+EXTENSIONS = {"text": (".txt", ".jsonl"), "classification": (".tsv", ".jsonl"),
+              "tagging": (".conll", ".tsv", ".txt", ".iob", ".bio"), "seq2seq": (".jsonl",)}
+UNITS = {"text": "documents", "classification": "examples", "tagging": "sentences",
+         "seq2seq": "examples"}
+# A huge .txt file is stored as several records cut at line ends, so that no single record
+# (read whole by every random access) grows without bound.
+MAX_RECORD_CHARS = 1 << 20
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_warned_files: set[str] = set()
+
+
+def check_kind(kind: str) -> str:
+  """Returns ``kind`` if it is a known record format, else raises a one-line ValueError."""
+  if kind not in KINDS:
+    raise ValueError(f"data.kind={kind!r} is not a record format; use one of {', '.join(KINDS)}")
+  return kind
+
+
+def _has_magic(path: str) -> bool:
+  return any(c in path for c in "*?[")
+
+
+def _locate(path: str) -> str:
+  """A relative path is tried in the working directory, then the repository root.
+
+  This lets the bundled ``data/`` corpus be named the same way from any directory.
+  """
+  if os.path.isabs(path) or os.path.exists(path) or (_has_magic(path) and glob.glob(path)):
+    return path
+  alt = os.path.join(_REPO_ROOT, path)
+  if os.path.exists(alt) or (_has_magic(path) and glob.glob(alt, recursive=True)):
+    return alt
+  return path
+
+
+def resolve_files(spec: str, kind: str, what: str = "data.train_path") -> list[str]:
+  """The sorted absolute files named by ``spec``: a file, folder, glob, or several joined by commas.
+
+  A folder contributes its files (recursively) with the kind's extensions.
+  """
+  exts = EXTENSIONS[check_kind(kind)]
+  wanted = "/".join(exts)
+  if not spec or not spec.strip():
+    raise ValueError(f"{what} is empty; set it to a file, folder or glob of {wanted} files")
+  files = []
+  for part in (p.strip() for p in spec.split(",")):
+    if not part:
+      continue
+    path = _locate(os.path.expanduser(part))
+    if os.path.isfile(path):
+      found = [path]
+    elif os.path.isdir(path):
+      found = [p for p in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+               if os.path.isfile(p) and p.lower().endswith(exts)]
+      if not found:
+        raise ValueError(f"{what}: folder {part!r} holds no {wanted} files; point it at the data")
+    elif _has_magic(part):
+      found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
+      if not found:
+        raise ValueError(f"{what}: {part!r} matches no files; check the pattern")
+    else:
+      raise ValueError(f"{what}: {part!r} does not exist; give a file, folder or glob of "
+                       f"{wanted} files")
+    files += sorted(found)
+  return list(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+  """(1-based number, text without the line break) of each line of a UTF-8 file."""
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      if number == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        line = raw.decode("utf-8", errors="replace")
+        if path not in _warned_files:
+          _warned_files.add(path)
+          logging.warning("%s:%d (and maybe later lines) has bytes that are not UTF-8; they "
+                          "were replaced by U+FFFD", path, number)
+      yield number, line.rstrip("\r\n")
+
+
+def read_text_file(path: str) -> Iterator[dict]:
+  """The document in a .txt file with its lines kept (split at line ends past MAX_RECORD_CHARS)."""
+  lines, size = [], 0
+  for _, line in _lines(path):
+    if lines and size + len(line) > MAX_RECORD_CHARS:
+      if any(l.strip() for l in lines):
+        yield {"text": "\n".join(lines)}
+      lines, size = [], 0
+    lines.append(line)
+    size += len(line) + 1
+  if any(l.strip() for l in lines):
+    yield {"text": "\n".join(lines)}
+
+
+def _json_lines(path: str) -> Iterator[tuple[int, dict]]:
+  """(line number, object) of each non-blank line of a JSON-lines file."""
+  for number, line in _lines(path):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{number} is not valid JSON ({e.msg}); each line must be one "
+                       "JSON object") from None
+    if not isinstance(obj, dict):
+      raise ValueError(f"{path}:{number} is a JSON {type(obj).__name__}, not an object; each "
+                       "line must be one JSON object")
+    yield number, obj
+
+
+def _field(obj: dict, key: str, where: str, kind: str, optional: bool = False) -> str:
+  """``obj[key]`` as a string; labels may be numbers or booleans in the file."""
+  value = obj.get(key)
+  if value is None:
+    if optional:
+      return ""
+    need = ", ".join(f for f in FIELDS[kind] if f != "text_b")
+    raise ValueError(f"{where} has no {key!r} field (it has {', '.join(sorted(obj)) or 'none'}); "
+                     f"{kind} JSONL lines need {need}")
+  if isinstance(value, str):
+    return value
+  if key == "label" and isinstance(value, (bool, int, float)):
+    return str(value)
+  raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+
+
+def read_text_jsonl(path: str) -> Iterator[dict]:
+  """One document per line from a .jsonl file with a ``text`` field (blank texts skipped)."""
+  for number, obj in _json_lines(path):
+    text = _field(obj, "text", f"{path}:{number}", "text")
+    if text.strip():
+      yield {"text": text}
+
+
+def read_classification_jsonl(path: str) -> Iterator[dict]:
+  """Examples from a .jsonl file with ``text``, ``label`` and optionally ``text_b``."""
+  for number, obj in _json_lines(path):
+    where = f"{path}:{number}"
+    yield {"text": _field(obj, "text", where, "classification"),
+           "text_b": _field(obj, "text_b", where, "classification", optional=True),
+           "label": _field(obj, "label", where, "classification")}
+
+
+def read_tsv(path: str) -> Iterator[dict]:
+  """Examples from a .tsv whose header is ``text[<TAB>text_b]<TAB>label`` (more columns ignored)."""
+  header = None
+  for number, line in _lines(path):
+    if header is None:
+      header = line.split("\t")
+      if "text" not in header or "label" not in header:
+        raise ValueError(f"{path}: the first line must be the header text[<TAB>text_b]<TAB>label, "
+                         f"got {line[:80]!r}")
+      col = {name: header.index(name) for name in ("text", "text_b", "label") if name in header}
+      continue
+    if not line.strip():
+      continue
+    parts = line.split("\t")
+    if len(parts) != len(header):
+      raise ValueError(f"{path}:{number} has {len(parts)} tab-separated columns but the header "
+                       f"has {len(header)} ({', '.join(header)}); fix the line (text must not "
+                       "contain tabs)")
+    label = parts[col["label"]].strip()
+    if not label:
+      raise ValueError(f"{path}:{number} has an empty label; give every example a label")
+    yield {"text": parts[col["text"]],
+           "text_b": parts[col["text_b"]] if "text_b" in col else "", "label": label}
+
+
+def read_conll(path: str) -> Iterator[dict]:
+  """Sentences from a CoNLL file: ``token<TAB>...<TAB>tag`` lines, blank lines between sentences."""
+  tokens, tags = [], []
+  for number, line in _lines(path):
+    if not line.strip():
+      if tokens:
+        yield {"tokens": tokens, "tags": tags}
+        tokens, tags = [], []
+      continue
+    if line.startswith("-DOCSTART-"):  # CoNLL-2003 document markers are not sentences
+      continue
+    if "\t" not in line:
+      raise ValueError(f"{path}:{number} has no tab ({line[:40]!r}); CoNLL lines are "
+                       "token<TAB>tag (tag in the last column), a blank line between sentences")
+    columns = line.split("\t")
+    tag = columns[-1].strip()
+    if not tag or not columns[0]:
+      raise ValueError(f"{path}:{number} has an empty {'tag' if columns[0] else 'token'}; CoNLL "
+                       "lines are token<TAB>tag (tag in the last column)")
+    tokens.append(columns[0])
+    tags.append(tag)
+  if tokens:
+    yield {"tokens": tokens, "tags": tags}
+
+
+def read_seq2seq_jsonl(path: str) -> Iterator[dict]:
+  """Pairs from a .jsonl file with ``input`` and ``target`` fields."""
+  for number, obj in _json_lines(path):
+    where = f"{path}:{number}"
+    yield {"input": _field(obj, "input", where, "seq2seq"),
+           "target": _field(obj, "target", where, "seq2seq")}
+
+
+def _reader(kind: str, path: str):
+  """The reader for one file of ``kind``, chosen by its extension."""
+  jsonl = path.lower().endswith(".jsonl")
+  if kind == "text":
+    return read_text_jsonl if jsonl else read_text_file
+  if kind == "classification":
+    return read_classification_jsonl if jsonl else read_tsv
+  if kind == "tagging":
+    return read_conll
+  return read_seq2seq_jsonl
+
+
+def iter_records(kind: str, files: Iterable[str]) -> Iterator[dict]:
+  """Records of ``kind`` from ``files`` in order; an empty file is an error, not a skip."""
+  check_kind(kind)
+  for path in files:
+    count = 0
+    for record in _reader(kind, path)(path):
+      count += 1
+      yield record
+    if not count:
+      raise ValueError(f"{path} holds no {UNITS[kind]} (it is empty); fill it or remove it "
+                       "from the data path")
+
+
+def check_labels(train_labels: Iterable[str], eval_labels: Iterable[str],
+                 what: str = "label") -> None:
+  """Raises a one-line ValueError if the eval set has labels the training set never shows."""
+  missing = sorted(set(eval_labels) - set(train_labels))
+  if missing:
+    shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    raise ValueError(f"the eval set has {len(missing)} {what}(s) the training set lacks: {shown}; "
+                     "add training examples with them or remove them from the eval set")

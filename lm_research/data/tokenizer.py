@@ -1,0 +1,420 @@
+"""Tokenizers: one interface over SentencePiece (the default) and Hugging Face files.
+
+``Tokenizer`` gives text ↔ ids plus the special ids each model family needs:
+
+  encoder          pad, unk, cls, sep, mask           ([PAD] [UNK] [CLS] [SEP] [MASK])
+  decoder          eos (pad falls back to eos, as in GPT-2)   (<pad> <|endoftext|> <unk>)
+  encoder_decoder  pad, eos, 100 sentinels            (<pad> </s> <unk> <extra_id_0..99>)
+
+SentencePiece models are trained here with byte fallback and no normalisation, so any text
+round-trips: ``decode(encode(text)) == text``. Hugging Face ``tokenizer.json`` and BERT
+``vocab.txt`` files load behind the same interface when a model comes from Hugging Face.
+
+Train one from the command line:
+  python -m lm_research.data.tokenizer --input='data/shakespeare/train/*.txt' \
+      --output=/tmp/shakespeare --vocab_size=8192 --family=decoder [--model_type=bpe]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+from absl import logging
+import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+import tokenizers
+
+from lm_research.data import formats
+
+FAMILIES = ("encoder", "decoder", "encoder_decoder")
+NUM_SENTINELS = 100
+SENTINEL = "<extra_id_{}>"
+# Names a special token goes by in the tokenizers we load (BERT, GPT-2, T5, RoBERTa, LLaMA).
+_NAMES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[CLS]", "<s>"),
+          "sep": ("[SEP]", "</s>"), "mask": ("[MASK]", "<mask>"),
+          "eos": ("<|endoftext|>", "</s>", "<eos>"), "bos": ("<s>", "<bos>")}
+# What each family cannot work without, and what for (the error message says it).
+_REQUIRED = {"encoder": {"pad": "padding", "cls": "[CLS]", "sep": "[SEP]", "mask": "masked LM"},
+             "decoder": {"eos": "document ends"},
+             "encoder_decoder": {"pad": "padding", "eos": "sequence ends"}}
+# Specials of a SentencePiece model trained here; pad is id 0 in every family.
+_TRAIN_SPECIALS = {
+    "encoder": dict(pad_piece="[PAD]", unk_piece="[UNK]", pad_id=0, unk_id=1, eos_id=-1,
+                    control_symbols=["[CLS]", "[SEP]", "[MASK]"]),
+    "decoder": dict(pad_piece="<pad>", eos_piece="<|endoftext|>", unk_piece="<unk>", pad_id=0,
+                    eos_id=1, unk_id=2),
+    "encoder_decoder": dict(pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", pad_id=0,
+                            eos_id=1, unk_id=2,
+                            user_defined_symbols=[SENTINEL.format(i)
+                                                  for i in range(NUM_SENTINELS)]),
+}
+_MAX_LINE_CHARS = 4096  # longer lines are cut: SentencePiece silently skips over-long sentences
+
+
+def _check_family(family: str) -> str:
+  if family not in FAMILIES:
+    raise ValueError(f"family={family!r} is not a model family; use one of {', '.join(FAMILIES)}")
+  return family
+
+
+def _is_cjk(ch: str) -> bool:
+  """CJK ideographs are words of their own (as in BERT), so whole-word masking treats them so."""
+  cp = ord(ch)
+  return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+          or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+class Tokenizer:
+  """Text ↔ ids and the family's special ids; the same interface for every backend."""
+
+  family: str
+  vocab_size: int
+  pad_id: int
+  eos_id: int | None
+  bos_id: int | None
+  unk_id: int | None
+  cls_id: int | None
+  sep_id: int | None
+  mask_id: int | None
+  sentinel_ids: list[int]  # sentinel_ids[0] is <extra_id_0>, the first one span corruption uses
+  word_starts: np.ndarray  # bool [vocab_size]: does this token begin a word?
+
+  def _set_specials(self, family: str, lookup: Callable[[str], int | None],
+                    declared: dict[str, int | None], where: str) -> None:
+    """Finds each special id (declared by the model, else by name) and checks the family's needs."""
+    self.family = _check_family(family)
+    ids = {}
+    for role, names in _NAMES.items():
+      ids[role] = declared.get(role)
+      for name in names:
+        if ids[role] is None:
+          ids[role] = lookup(name)
+    if ids["pad"] is None and family == "decoder":
+      ids["pad"] = ids["eos"]  # GPT-2 has no pad token; padding is masked out anyway
+    for role, purpose in _REQUIRED[family].items():
+      if ids[role] is None:
+        raise ValueError(f"tokenizer {where} has no {_NAMES[role][0]} token ({role}, needed for "
+                         f"{purpose} by the {family} family); train one with `python -m "
+                         f"lm_research.data.tokenizer --family={family}` or leave "
+                         "data.tokenizer_path empty to train one")
+    self.sentinel_ids = []
+    if family == "encoder_decoder":
+      self.sentinel_ids = [lookup(SENTINEL.format(i)) for i in range(NUM_SENTINELS)]
+      if None in self.sentinel_ids:
+        missing = SENTINEL.format(self.sentinel_ids.index(None))
+        raise ValueError(f"tokenizer {where} has no {missing} token (span-corruption sentinel, "
+                         "needed by the encoder_decoder family); train one with `python -m "
+                         "lm_research.data.tokenizer --family=encoder_decoder`")
+    for role in _NAMES:
+      setattr(self, f"{role}_id", ids[role])
+
+  def encode(self, text: str) -> list[int]:
+    """Ids of ``text``, without any special tokens added."""
+    raise NotImplementedError
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of each text (backends encode a batch in parallel)."""
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of ``ids``; pad/eos/bos/cls/sep/mask and ids outside the vocabulary are dropped."""
+    raise NotImplementedError
+
+  def id_to_piece(self, i: int) -> str:
+    """The vocabulary entry of id ``i``."""
+    raise NotImplementedError
+
+  def is_word_start(self, i: int) -> bool:
+    """Whether token ``i`` begins a word (the first token of a text always does)."""
+    return bool(self.word_starts[i])
+
+  def save(self, path: str) -> None:
+    """Writes the tokenizer to ``path`` so that ``load_tokenizer(path, family)`` restores it."""
+    raise NotImplementedError
+
+  def _dropped_on_decode(self) -> set[int]:
+    return {i for i in (self.pad_id, self.eos_id, self.bos_id, self.cls_id, self.sep_id,
+                        self.mask_id) if i is not None}
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(family={self.family}, vocab_size={self.vocab_size})"
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  """Write-then-rename, so a crash never leaves a half-written tokenizer to be loaded later."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model; T5's spiece.model gets its 100 sentinels appended, as T5 does."""
+
+  def __init__(self, model_proto: bytes, family: str, where: str = "(SentencePiece model)"):
+    self._proto, self._where = model_proto, where
+    sp = spm.SentencePieceProcessor()
+    try:
+      sp.LoadFromSerializedProto(model_proto)
+    except RuntimeError:
+      raise ValueError(f"{where} is not a SentencePiece model; give a .model file, a "
+                       "tokenizer.json or a vocab.txt") from None
+    self._sp = sp
+    self._real = sp.get_piece_size()
+
+    def piece_id(piece: str) -> int | None:
+      i = sp.piece_to_id(piece)
+      return i if sp.id_to_piece(i) == piece else None
+
+    # T5's own spiece.model lacks <extra_id_N>: T5 appends them after the vocabulary, in
+    # reverse (extra_id_0 is the last id). Models trained here carry them as pieces instead.
+    self._extra = NUM_SENTINELS if (family == "encoder_decoder"
+                                    and piece_id(SENTINEL.format(0)) is None) else 0
+    self.vocab_size = self._real + self._extra
+    extra = {SENTINEL.format(i): self.vocab_size - 1 - i for i in range(self._extra)}
+    declared = {role: (i if i >= 0 else None) for role, i in (
+        ("pad", sp.pad_id()), ("eos", sp.eos_id()), ("bos", sp.bos_id()), ("unk", sp.unk_id()))}
+    self._set_specials(family, lambda p: extra.get(p, piece_id(p)), declared, where)
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
+    piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
+    starts = np.ones(self.vocab_size, bool)  # specials and appended sentinels stand alone
+    for i, p in enumerate(proto.pieces):
+      if p.type == piece_type.BYTE:  # a byte continues whatever character it is part of
+        starts[i] = False
+      elif p.type in (piece_type.NORMAL, piece_type.UNUSED):
+        starts[i] = p.piece.startswith("\u2581") or _is_cjk(p.piece[0])
+    self.word_starts = starts
+    self._drop = self._dropped_on_decode()
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    out, run = [], []
+    for i in (int(i) for i in ids):
+      if i in self._drop or not 0 <= i < self.vocab_size:
+        continue
+      if i < self._real:
+        run.append(i)
+      else:  # an appended sentinel: decode the text before it, then spell it out
+        out += [self._sp.decode(run), self.id_to_piece(i)]
+        run = []
+    return "".join(out + [self._sp.decode(run)])
+
+  def id_to_piece(self, i: int) -> str:
+    return self._sp.id_to_piece(i) if i < self._real else SENTINEL.format(self.vocab_size - 1 - i)
+
+  def save(self, path: str) -> None:
+    _atomic_write(path, self._proto)
+
+  def __getstate__(self):
+    return {"proto": self._proto, "family": self.family, "where": self._where}
+
+  def __setstate__(self, state):
+    self.__init__(state["proto"], state["family"], state["where"])
+
+
+class HuggingFaceTokenizer(Tokenizer):
+  """A Hugging Face ``tokenizers`` tokenizer (from tokenizer.json, or a BERT vocab.txt)."""
+
+  def __init__(self, tok: tokenizers.Tokenizer, family: str, where: str = "(tokenizer.json)"):
+    self._tok = tok
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    self._set_specials(family, tok.token_to_id, {}, where)
+    added = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    wordpiece = isinstance(tok.model, tokenizers.models.WordPiece)
+    starts = np.zeros(self.vocab_size, bool)
+    for i in range(self.vocab_size):
+      piece = tok.id_to_token(i) or ""
+      if i in added or not piece:
+        starts[i] = True
+      elif wordpiece:
+        starts[i] = not piece.startswith("##")
+      else:  # SentencePiece-style '▁' (T5, LLaMA) or byte-level 'Ġ' (GPT-2) marks a space before
+        starts[i] = piece[0] in "\u2581\u0120" or _is_cjk(piece[0])
+    self.word_starts = starts
+    self._drop = self._dropped_on_decode()
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    keep = [i for i in (int(i) for i in ids) if i not in self._drop and 0 <= i < self.vocab_size]
+    return self._tok.decode(keep, skip_special_tokens=False)
+
+  def id_to_piece(self, i: int) -> str:
+    return self._tok.id_to_token(i)
+
+  def save(self, path: str) -> None:
+    _atomic_write(path, self._tok.to_str().encode())
+
+
+def _bert_lowercase(vocab_file: str, vocab: dict[str, int]) -> bool:
+  """Whether a BERT vocabulary is uncased: tokenizer_config.json says, else the vocabulary does."""
+  config = os.path.join(os.path.dirname(vocab_file), "tokenizer_config.json")
+  if os.path.exists(config):
+    with open(config) as f:
+      value = json.load(f).get("do_lower_case")
+    if value is not None:
+      return bool(value)
+  words = [w for w in vocab if not (w.startswith("[") and w.endswith("]"))]
+  return sum(any(c.isupper() for c in w) for w in words) <= 0.01 * max(len(words), 1)
+
+
+def _wordpiece(vocab_file: str) -> tokenizers.Tokenizer:
+  """The BERT tokenizer (normaliser, pre-tokeniser, WordPiece) of a vocab.txt."""
+  vocab = tokenizers.models.WordPiece.read_file(vocab_file)
+  if "[UNK]" not in vocab:
+    raise ValueError(f"{vocab_file} has no [UNK] entry; is it a BERT vocab.txt?")
+  tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
+  tok.normalizer = tokenizers.normalizers.BertNormalizer(
+      lowercase=_bert_lowercase(vocab_file, vocab))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  tok.decoder = tokenizers.decoders.WordPiece()
+  tok.add_special_tokens([t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in vocab])
+  return tok
+
+
+def load_tokenizer(path: str, family: str) -> Tokenizer:
+  """A tokenizer.json, BERT vocab.txt or SentencePiece .model, or a folder holding one."""
+  _check_family(family)
+  if not os.path.exists(path):
+    raise ValueError(f"tokenizer {path!r} does not exist; give a .model, tokenizer.json, "
+                     "vocab.txt or a folder with one (or leave data.tokenizer_path empty to "
+                     "train one)")
+  if os.path.isdir(path):
+    names = sorted(os.listdir(path))
+    found = [n for n in ("tokenizer.json", "vocab.txt", "spiece.model") if n in names]
+    found += [n for n in names if n.endswith(".model")]
+    if not found:
+      raise ValueError(f"folder {path!r} holds no tokenizer.json, vocab.txt or *.model; point "
+                       "data.tokenizer_path at the tokenizer file")
+    path = os.path.join(path, found[0])
+  if path.endswith(".json"):
+    try:
+      tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises its own exception type on a malformed file
+      raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({e})") from None
+    return HuggingFaceTokenizer(tok, family, path)
+  if path.endswith(".txt"):
+    return HuggingFaceTokenizer(_wordpiece(path), family, path)
+  with open(path, "rb") as f:
+    return SentencePieceTokenizer(f.read(), family, path)
+
+
+def _sentences(texts: Iterable[str], limit: int) -> Iterator[str]:
+  """Non-blank lines of the texts (cut to _MAX_LINE_CHARS), at most ``limit`` of them."""
+  count = 0
+  for text in texts:
+    for line in text.split("\n"):
+      for start in range(0, len(line), _MAX_LINE_CHARS):
+        piece = line[start:start + _MAX_LINE_CHARS]
+        if piece.strip():
+          yield piece
+          count += 1
+          if count >= limit:
+            return
+
+
+def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_size: int,
+                        model_type: str = "unigram", character_coverage: float = 0.9995,
+                        family: str = "decoder", input_sentence_size: int = 1_000_000,
+                        ) -> SentencePieceTokenizer:
+  """Trains a byte-fallback SentencePiece model on texts (or a file/folder/glob) → PREFIX.model.
+
+  At most 2 × input_sentence_size lines are read and input_sentence_size of them sampled, so
+  training takes seconds to minutes whatever the corpus size. The vocabulary may come out
+  smaller than ``vocab_size`` when the text is too small to fill it.
+  """
+  _check_family(family)
+  if model_type not in ("unigram", "bpe"):
+    raise ValueError(f"model_type={model_type!r}: use 'unigram' or 'bpe'")
+  if isinstance(texts, str):
+    files = formats.resolve_files(texts, "text", "tokenizer input")
+    texts = (r["text"] for r in formats.iter_records("text", files))
+  sentences = list(_sentences(texts, 2 * input_sentence_size))
+  if not sentences:
+    raise ValueError("there is no text to train a tokenizer on; check the training data")
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage, byte_fallback=True,
+        # identity normalisation and kept whitespace make decode(encode(text)) == text
+        normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
+        bos_id=-1, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+        max_sentence_length=4 * _MAX_LINE_CHARS, hard_vocab_limit=False,
+        num_threads=min(os.cpu_count() or 1, 16), minloglevel=2, **_TRAIN_SPECIALS[family])
+  except RuntimeError as e:
+    reason = str(e).strip().splitlines()[-1]
+    raise ValueError(f"SentencePiece could not train a {vocab_size}-piece {model_type} model "
+                     f"({reason}); change vocab_size or the data") from None
+  path = f"{model_prefix}.model"
+  _atomic_write(path, model.getvalue())
+  return SentencePieceTokenizer(model.getvalue(), family, path)
+
+
+def get_or_train_tokenizer(tokenizer_path: str, texts_fn: Callable[[], Iterable[str]],
+                           family: str, vocab_size: int, model_type: str = "unigram",
+                           character_coverage: float = 0.9995, workdir: str = "") -> Tokenizer:
+  """Loads the configured tokenizer, or trains one on the training texts and saves it.
+
+  An empty path means ``WORKDIR/tokenizer.model``, so a resumed run reuses its own tokenizer.
+  """
+  path = tokenizer_path or (os.path.join(workdir, "tokenizer.model") if workdir else "")
+  if not path:
+    raise ValueError("no tokenizer: set data.tokenizer_path, or give a workdir to train one in")
+  if os.path.exists(path):
+    tok = load_tokenizer(path, family)
+    logging.info("loaded tokenizer %s (%d ids)", path, tok.vocab_size)
+    return tok
+  if not path.endswith(".model"):
+    raise ValueError(f"data.tokenizer_path={tokenizer_path!r} does not exist; point it at a "
+                     ".model, tokenizer.json, vocab.txt or a folder with one, or at a new .model "
+                     "path to train one there")
+  start = time.time()
+  tok = train_sentencepiece(texts_fn(), path[:-len(".model")], vocab_size, model_type,
+                            character_coverage, family)
+  logging.info("trained a %s SentencePiece tokenizer (%d ids, asked for %d) for the %s family "
+               "on the training texts in %.1fs; saved it to %s", model_type, tok.vocab_size,
+               vocab_size, family, time.time() - start, path)
+  return tok
+
+
+def main(argv: Sequence[str]) -> None:
+  """Trains a SentencePiece tokenizer from the command-line flags."""
+  from absl import flags  # only the command reads flags
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  start = time.time()
+  tok = train_sentencepiece(f.input, f.output, f.vocab_size, f.model_type, f.character_coverage,
+                            f.family)
+  print(f"wrote {f.output}.model: {tok.vocab_size} ids for the {f.family} family "
+        f"(pad={tok.pad_id}, eos={tok.eos_id}) in {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("input", None, "file, folder or glob of .txt/.jsonl training text",
+                      required=True)
+  flags.DEFINE_string("output", None, "model prefix: writes PREFIX.model", required=True)
+  flags.DEFINE_integer("vocab_size", 8192, "pieces in the vocabulary (an upper bound)")
+  flags.DEFINE_enum("family", "decoder", list(FAMILIES), "model family whose specials to add")
+  flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece algorithm")
+  flags.DEFINE_float("character_coverage", 0.9995, "share of characters kept as pieces "
+                     "(the rest fall back to bytes)")
+  app.run(main)

@@ -30,8 +30,10 @@ class Checkpointer:
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.data_dir = os.path.join(self.directory, "data", f"process_{jax.process_index()}")
     os.makedirs(self.data_dir, exist_ok=True)
+    self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "config"))
 
@@ -49,7 +51,6 @@ class Checkpointer:
     ``abstract_state`` carries the target shardings, so a checkpoint saved on one mesh is
     restored onto another.
     """
-    self._warn_incomplete()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -9,6 +9,7 @@ Multi-process without a cluster manager:
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -31,8 +32,8 @@ def _init_distributed() -> None:
   if _COORDINATOR.value:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-    if jax.default_backend() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives on CPU go through gloo (no effect on GPU/TPU backends).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")):
     jax.distributed.initialize()
@@ -48,11 +49,20 @@ def _write_config(config, workdir: str) -> None:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
 
+class _OnlyOurInfo(std_logging.Filter):
+  """Keeps libraries' (Orbax, JAX) INFO chatter out of the console; their warnings stay."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "lm_research" in record.pathname
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required: the directory for checkpoints and metrics.")
+  for handler in std_logging.getLogger().handlers + logging.get_absl_logger().handlers:
+    handler.addFilter(_OnlyOurInfo())
   _init_distributed()
   from lm_research import train  # imports JAX-heavy modules only once flags are valid
   config = _CONFIG.value

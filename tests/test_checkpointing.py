@@ -1,0 +1,186 @@
+"""Checkpoints: exact resume (in-process, SIGTERM, SIGKILL), corrupt steps, other meshes, init_from."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import logging
+from flax import nnx
+
+from configs import bert_tiny, gpt_tiny
+from lm_research import pretrained, sharding, train
+from lm_research.models.layout import get_params
+from lm_research.optim import make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"model.vocab_size": 64, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 4,
+        "model.d_ff": 64, "model.dropout_rate": 0.1, "train.batch_size": 8, "train.seq_len": 16,
+        "eval.every_steps": 0, "train.log_every_steps": 5}
+
+
+def _config(module=gpt_tiny, **overrides):
+  config = module.get_config()
+  for key, value in {**TINY, **overrides}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  steps = [r["step"] for r in records if "train/loss" in r]
+  assert steps == sorted(set(steps)), "each step is logged once, in order"
+  return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """A 12-step run with checkpoints every 4 steps: the reference for every resume test."""
+  workdir = str(tmp_path_factory.mktemp("full"))
+  train.train_and_evaluate(_config(**{"train.steps": 12, "checkpoint.every_steps": 4}), workdir)
+  return workdir
+
+
+def test_resume_in_process_is_bitwise_identical(uninterrupted, tmp_path):
+  """Stopping at step 6 and rerunning the same config gives the same loss at every step."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(**{"train.steps": 6, "checkpoint.every_steps": 4}), workdir)
+  train.train_and_evaluate(_config(**{"train.steps": 12, "checkpoint.every_steps": 4}), workdir)
+  assert _losses(workdir) == _losses(uninterrupted)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_path, caplog):
+  """An unreadable newest step is skipped with a warning naming it; the one before is used."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted, workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "12", "state")
+  for name in os.listdir(state_dir):
+    path = os.path.join(state_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+  config = _config(**{"train.steps": 12, "checkpoint.every_steps": 4})
+  exp = train.make_experiment(config)
+  tx, _ = make_optimizer(exp.optim_cfg)
+  ckpt = train.Checkpointer(workdir)
+  with caplog.at_level(logging.WARNING):
+    _, abstract, _, _ = train.state_layout(exp, tx)
+    state, data_state, step = ckpt.restore_latest(abstract)
+  ckpt.close()
+  assert step == 8
+  assert data_state == {"step": 8}
+  assert any("12" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_restore_onto_another_mesh(tmp_path):
+  """Saved on mesh (1,8,1) (FSDP), restored on (2,1,1) over 2 devices: same parameters."""
+  workdir = str(tmp_path)
+  saved_cfg = _config(**{"train.steps": 2, "checkpoint.every_steps": 2, "mesh.data": 1,
+                         "mesh.fsdp": 8})
+  train.train_and_evaluate(saved_cfg, workdir)
+  exp8 = train.make_experiment(saved_cfg)
+  exp2 = train.make_experiment(_config(**{"mesh.data": 2}), devices=jax.devices()[:2])
+  params = {}
+  for exp in (exp8, exp2):
+    tx, _ = make_optimizer(exp.optim_cfg)
+    ckpt = train.Checkpointer(workdir)
+    _, abstract, _, _ = train.state_layout(exp, tx)
+    state, _, step = ckpt.restore_latest(abstract)
+    ckpt.close()
+    assert step == 2
+    leaves = jax.tree.leaves(state.params)
+    assert all(len(x.sharding.device_set) == len(exp.mesh.devices.flat) for x in leaves)
+    params[len(exp.mesh.devices.flat)] = [np.asarray(x) for x in leaves]
+  for a, b in zip(params[8], params[2]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_loads_body_into_new_head(tmp_path, caplog):
+  """A BERT pretraining checkpoint initialises a classifier: body copied, head fresh, listed."""
+  workdir = str(tmp_path)
+  body_cfg = _config(bert_tiny, **{"train.steps": 3, "checkpoint.every_steps": 3})
+  train.train_and_evaluate(body_cfg, workdir)
+  cls_cfg = _config(bert_tiny, **{"model.head": "sequence_classification",
+                                  "model.num_labels": 3})
+  exp = train.make_experiment(cls_cfg)
+  tx, _ = make_optimizer(exp.optim_cfg)
+  with sharding.active_mesh(exp.mesh), caplog.at_level(logging.WARNING):
+    graphdef, fresh, _ = train.create_train_state(exp, tx)
+    fresh_params = get_params(nnx.merge(graphdef, fresh.params))
+    loaded = pretrained.load_into(workdir, graphdef, fresh.params, exp.model_cfg)
+  loaded_params = get_params(nnx.merge(graphdef, loaded))
+  source = pretrained._native_params(workdir)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(loaded_params["embeddings"]["token"]["embedding"],
+                                source["embeddings"]["token"]["embedding"])
+  assert not np.array_equal(loaded_params["embeddings"]["token"]["embedding"],
+                            fresh_params["embeddings"]["token"]["embedding"])
+  np.testing.assert_array_equal(loaded_params["classifier"]["dense"]["kernel"],
+                                fresh_params["classifier"]["dense"]["kernel"])
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  assert "classifier.dense.kernel" in messages and "mlm.bias" in messages and "nsp" in messages
+
+
+def test_init_from_shape_mismatch_is_one_line_error(tmp_path):
+  """A body of another width is refused with the parameter's name and both shapes."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(**{"train.steps": 1, "checkpoint.every_steps": 1}), workdir)
+  wide = _config(**{"model.d_model": 48})
+  exp = train.make_experiment(wide)
+  tx, _ = make_optimizer(exp.optim_cfg)
+  with sharding.active_mesh(exp.mesh):
+    graphdef, fresh, _ = train.create_train_state(exp, tx)
+    with pytest.raises(ValueError, match=r"has shape .* in the checkpoint but"):
+      pretrained.load_into(workdir, graphdef, fresh.params, exp.model_cfg)
+
+
+def _cli(workdir, *extra, env=None):
+  """Command line of the 12-step reference run (same config as ``uninterrupted``)."""
+  args = [sys.executable, "-m", "lm_research.main", "--config=configs/gpt_tiny.py",
+          f"--workdir={workdir}", "--config.train.steps=12", "--config.checkpoint.every_steps=4"]
+  args += [f"--config.{k}={v}" for k, v in TINY.items()]
+  return subprocess.Popen(args + list(extra), cwd=ROOT, env=env or os.environ.copy(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError("run ended early:\n" + proc.stdout.read()[-2000:])
+    if os.path.exists(path) and any(json.loads(l)["step"] >= step for l in open(path) if l.strip()):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"step {step} never logged")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_signal_then_rerun_matches_uninterrupted(uninterrupted, tmp_path, sig):
+  """SIGTERM (save at the step boundary, exit 0) or SIGKILL mid-run, then the same command."""
+  workdir = str(tmp_path)
+  proc = _cli(workdir)
+  # By step 9 the step-8 save has started, so the step-4 one has committed (Orbax runs one
+  # save at a time); the rerun must resume from a checkpoint, not start over.
+  _wait_for_step(workdir, 9, proc)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=120)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0, out[-2000:]
+    assert "Preempted: saved a checkpoint at step" in out
+  else:
+    assert proc.returncode == -signal.SIGKILL
+  rerun = _cli(workdir)
+  out, _ = rerun.communicate(timeout=300)
+  assert rerun.returncode == 0, out[-2000:]
+  assert "Resuming from" in out
+  assert _losses(workdir) == _losses(uninterrupted)

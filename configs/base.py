@@ -49,7 +49,7 @@ def get_base() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 50  # 0 disables periodic evaluation
-  c.eval.steps = 4  # batches per evaluation
+  c.eval.steps = 4  # batches per evaluation (the same held-out batches every time)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 100  # 0 saves only at the end
@@ -77,4 +77,5 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.tokenizer_path = ""
   c.data.tokenizer_type = "unigram"  # SentencePiece algorithm when training: 'unigram' | 'bpe'
   c.data.character_coverage = 0.9995  # characters kept as pieces; the rarest fall back to bytes
+  c.data.worker_count = 0  # Grain worker processes (0 = threads in the training process)
   return c

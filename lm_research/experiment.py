@@ -17,9 +17,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm_research import sharding, steps
-from lm_research.data.synthetic import SyntheticSource, span_target_length
+from lm_research.data import inputs
 from lm_research.models import ModelConfig, build_model
 from lm_research.objectives.registry import get_objective
+from lm_research.objectives.span_corruption import random_spans_helper
 from lm_research.optim import OptimConfig, make_optimizer
 
 
@@ -33,17 +34,21 @@ class Experiment:
   step_cfg: steps.StepConfig
   mesh: jax.sharding.Mesh
   objective: Any
+  workdir: str = ""
+  tokenizer: Any = None  # None for synthetic data
 
   @property
   def target_len(self) -> int:
     """Decoder length for encoder-decoder batches (T5's 512 -> 114 rule), else 0."""
-    return span_target_length(self.config.train.seq_len) if self.model_cfg.family == \
-        "encoder_decoder" else 0
+    if self.model_cfg.family != "encoder_decoder":
+      return 0
+    return random_spans_helper(self.config.train.seq_len)[1]
 
 
-def make_experiment(config: ml_collections.ConfigDict,
-                    devices: list | None = None) -> Experiment:
-  """Turns the config into typed parts and checks mesh, batch and model fit together."""
+def make_experiment(config: ml_collections.ConfigDict, devices: list | None = None,
+                    workdir: str = "") -> Experiment:
+  """Turns the config into typed parts and checks mesh, batch and model fit together; then
+  gets (or trains) the tokenizer for real data."""
   model_cfg = ModelConfig.from_dict(config.model)
   objective = get_objective(config.objective)
   if objective.family != model_cfg.family:
@@ -58,11 +63,19 @@ def make_experiment(config: ml_collections.ConfigDict,
   sharding.check_divisibility(mesh, global_batch_size=config.train.batch_size,
                               grad_accum_steps=config.train.grad_accum_steps,
                               model_cfg=model_cfg)
+  if config.train.batch_size % jax.process_count():
+    raise ValueError(f"train.batch_size={config.train.batch_size} does not split over "
+                     f"{jax.process_count()} processes; make it a multiple of the process count.")
+  if config.eval.every_steps and config.eval.steps < 1:
+    raise ValueError("eval.steps must be at least 1 when eval.every_steps is set.")
+  tokenizer = None
+  if config.data.source != "synthetic":
+    tokenizer = inputs.get_tokenizer(config, model_cfg.family, workdir)
   return Experiment(
       config=config, model_cfg=model_cfg, optim_cfg=OptimConfig.from_train_config(config.train),
       step_cfg=steps.StepConfig(grad_accum_steps=config.train.grad_accum_steps,
                                 z_loss=config.train.z_loss),
-      mesh=mesh, objective=objective)
+      mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer)
 
 
 def state_layout(exp: Experiment, tx):
@@ -110,24 +123,17 @@ def compile_steps(exp: Experiment, graphdef, state_sh, tx, schedule):
 
 
 def make_batches(exp: Experiment, split: str) -> Iterator[dict]:
-  """This process's host batches for ``split`` ('train' endless, 'eval' a fixed set)."""
-  c = exp.config
-  if c.data.source != "synthetic":
-    raise ValueError(f"data.source={c.data.source!r} is not available yet; use 'synthetic'.")
-  seed = c.seed if split == "train" else c.seed + 1_000_003
-  return SyntheticSource(
-      c.objective, seed=seed, batch_size=c.train.batch_size, seq_len=c.train.seq_len,
-      vocab_size=exp.model_cfg.vocab_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  """This process's host batches for ``split`` ('train' endless, 'eval' a fixed pass)."""
+  return inputs.make_batches(exp.config, exp.model_cfg.family, split, exp.workdir,
+                             exp.tokenizer)
 
 
 def run_eval(exp: Experiment, evaluate, params) -> dict[str, float]:
   """Averages every metric over ``eval.steps`` eval batches (sums of numerators/denominators)."""
   nums: dict = {}
   dens: dict = {}
-  batches = make_batches(exp, "eval")
-  for _ in range(exp.config.eval.steps):
-    batch = sharding.global_batch(exp.mesh, next(batches))
+  for host_batch in inputs.eval_batches(make_batches(exp, "eval"), exp.config.eval.steps):
+    batch = sharding.global_batch(exp.mesh, host_batch)
     n, d = jax.device_get(evaluate(params, batch))
     nums = {k: nums.get(k, 0.0) + float(v) for k, v in n.items()}
     dens = {k: dens.get(k, 0.0) + float(v) for k, v in d.items()}

@@ -44,7 +44,7 @@ def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: list | None = None) -> dict[str, float]:
   """Trains to ``train.steps`` (resuming from WORKDIR/checkpoints); returns the last metrics."""
-  exp = make_experiment(config, devices)
+  exp = make_experiment(config, devices, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
   preempted = PreemptionFlag().install()
@@ -61,7 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
                   devices: list | None = None) -> dict[str, float]:
   """``--mode=eval``: evaluates the latest checkpoint (or init_from weights) and logs it."""
-  exp = make_experiment(config, devices)
+  exp = make_experiment(config, devices, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
   try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lm_research.objectives.span_corruption import random_spans_helper
+
 FIRST_TOKEN = 5  # ids below this are left to special tokens (pad, eos, cls, sep, mask)
 
 
@@ -47,13 +49,8 @@ def _mlm_nsp(rng, batch, length, vocab):
           "mlm_weights": weights, "nsp_labels": rng.integers(0, 2, batch).astype(np.int32)}
 
 
-def span_target_length(input_length: int) -> int:
-  """Roughly T5's targets length for noise density 0.15, mean span 3 (512 -> 114)."""
-  return max(int(round(input_length * 114 / 512)), 4)
-
-
 def _span_corruption(rng, batch, length, vocab):
-  target_length = span_target_length(length)
+  target_length = random_spans_helper(length)[1]  # T5's: inputs 512 -> targets 114
   enc_segments, enc_positions = _packed_segments(rng, batch, length)
   dec_segments, dec_positions = _packed_segments(rng, batch, target_length)
   targets = rng.integers(FIRST_TOKEN, vocab, (batch, target_length)).astype(np.int32)

@@ -77,5 +77,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.tokenizer_path = ""
   c.data.tokenizer_type = "unigram"  # SentencePiece algorithm when training: 'unigram' | 'bpe'
   c.data.character_coverage = 0.9995  # characters kept as pieces; the rarest fall back to bytes
-  c.data.worker_count = 0  # Grain worker processes (0 = threads in the training process)
+  c.data.worker_count = 0  # Grain worker processes per data shard (0 = threads)
+  # Disjoint data streams per global batch; 0 = gcd(batch_size, 8). Runs whose process count
+  # divides it see identical batches (a 2-process run matches a 1-process one).
+  c.data.num_shards = 0
   return c

@@ -132,7 +132,8 @@ def run_eval(exp: Experiment, evaluate, params) -> dict[str, float]:
   """Averages every metric over ``eval.steps`` eval batches (sums of numerators/denominators)."""
   nums: dict = {}
   dens: dict = {}
-  for host_batch in inputs.eval_batches(make_batches(exp, "eval"), exp.config.eval.steps):
+  for host_batch in inputs.eval_batches(exp.config, make_batches(exp, "eval"),
+                                          exp.config.eval.steps):
     batch = sharding.global_batch(exp.mesh, host_batch)
     n, d = jax.device_get(evaluate(params, batch))
     nums = {k: nums.get(k, 0.0) + float(v) for k, v in n.items()}

@@ -93,6 +93,9 @@ def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
   meter = _Throughput(exp)
   pending = None  # (step number, device metrics) not yet fetched
   last: dict[str, float] = {}
+  if start_step == 0 and c.eval.every_steps:  # the untrained baseline, for comparison
+    last = run_eval(exp, evaluate, state.params)
+    writer.write(0, last)
   for step in range(start_step + 1, c.train.steps + 1):
     batch = sharding.global_batch(exp.mesh, next(batches))
     state, device_metrics = train(state, batch)

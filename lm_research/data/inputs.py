@@ -11,10 +11,9 @@ from typing import Iterator
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
-from lm_research.data.synthetic import SyntheticSource
+from lm_research.data.synthetic import SyntheticSource, synthetic_batch
 
 EVAL_SEED_OFFSET = 1_000_003  # eval data never shares randomness with training data
 _TEXTS_FOR_TOKENIZER = 200_000  # records read to train a tokenizer (bounded: big corpora)
@@ -50,39 +49,112 @@ def _pipeline_options(config) -> dict:
   return {n: config.data[n] for n in names if n in config.data}
 
 
+def num_data_shards(config, num_documents: int) -> int:
+  """How many disjoint data streams make up a global batch (``data.num_shards``, 0 = auto).
+
+  The global batch is the same whatever the process count that divides this number, so a
+  2-process run sees exactly the batches of a 1-process run. Auto: the largest divisor of the
+  batch that is at most 8 and at most the number of training documents, and a multiple of
+  the process count.
+  """
+  batch, processes = config.train.batch_size, jax.process_count()
+  shards = config.data.num_shards
+  if not shards:
+    fitting = [d for d in range(1, 9) if batch % d == 0 and d % processes == 0
+               and d <= num_documents]
+    shards = max(fitting) if fitting else processes
+  if shards > num_documents:
+    raise ValueError(
+        f"The training data has {num_documents} documents, fewer than the {shards} data shards "
+        "(one per process at least); add documents (e.g. split the text into files) or lower "
+        "data.num_shards / the process count.")
+  if batch % shards or shards % processes:
+    raise ValueError(
+        f"data.num_shards={shards} must divide train.batch_size={batch} and be a multiple of "
+        f"the {processes} processes; set --config.data.num_shards accordingly.")
+  return int(shards)
+
+
+class ShardedBatches:
+  """This process's rows of each global batch: its shards' batches, concatenated in order.
+
+  Shard s reads documents s, s+S, s+2S, ... of the shuffled order, so processes read
+  disjoint parts of the data that together cover all of it.
+  """
+
+  def __init__(self, make_shard, shards: range, *, finite: bool):
+    self.iterators = [make_shard(s) for s in shards]
+    self.finite = finite
+    self.template = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    parts = [next(it, None) for it in self.iterators]
+    if all(p is None for p in parts):
+      raise StopIteration
+    if any(p is None for p in parts):
+      if not self.finite:
+        raise RuntimeError("A training data shard ended; training data repeats forever.")
+      template = next(p for p in parts if p is not None)
+      parts = [p if p is not None else {k: np.zeros_like(v) for k, v in template.items()}
+               for p in parts]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> dict:
+    """Every shard's position (JSON), for checkpoints."""
+    return {"shards": [it.get_state() for it in self.iterators]}
+
+  def set_state(self, state: dict) -> None:
+    """Continues every shard from a ``get_state`` result."""
+    if len(state["shards"]) != len(self.iterators):
+      raise ValueError(f"The checkpoint's data state has {len(state['shards'])} shards, this "
+                       f"process has {len(self.iterators)}; keep data.num_shards and the "
+                       "process count of the saved run, or restart the data (new workdir).")
+    for it, shard_state in zip(self.iterators, state["shards"]):
+      it.set_state(shard_state)
+
+
 def make_batches(config, family: str, split: str, workdir: str, tokenizer=None) -> Iterator[dict]:
   """This process's host batches: 'train' endless and checkpointable, 'eval' one fixed pass."""
   process_index, process_count = jax.process_index(), jax.process_count()
   seed = config.seed if split == "train" else config.seed + EVAL_SEED_OFFSET
-  local_batch = config.train.batch_size // process_count
   if config.data.source == "synthetic":
     return SyntheticSource(config.objective, seed=seed, batch_size=config.train.batch_size,
                            seq_len=config.train.seq_len, vocab_size=config.model.vocab_size,
                            process_index=process_index, process_count=process_count)
   from lm_research.data import pipeline, sources  # noqa: PLC0415
   source = sources.open_source(config.data, split, workdir)
+  num_train_documents = len(source if split == "train" else
+                            sources.open_source(config.data, "train", workdir))
   if tokenizer is None:
     tokenizer = get_tokenizer(config, family, workdir)
-  common = dict(seq_len=config.train.seq_len, batch_size=local_batch, seed=seed,
-                process_index=process_index, process_count=process_count,
+  num_shards = num_data_shards(config, num_train_documents)
+  per_process = num_shards // process_count
+  make = pipeline.make_pipeline if split == "train" else pipeline.make_eval_pipeline
+
+  def make_shard(shard: int):
+    return make(source, tokenizer, config.objective, seq_len=config.train.seq_len,
+                batch_size=config.train.batch_size // num_shards, seed=seed,
+                process_index=shard, process_count=num_shards,
                 worker_count=config.data.worker_count, **_pipeline_options(config))
-  if split == "train":
-    return pipeline.make_pipeline(source, tokenizer, config.objective, **common)
-  return pipeline.make_eval_pipeline(source, tokenizer, config.objective, **common)
+
+  shards = range(process_index * per_process, (process_index + 1) * per_process)
+  return ShardedBatches(make_shard, shards, finite=split != "train")
 
 
-def eval_batches(batches: Iterator[dict], num_batches: int) -> Iterator[dict]:
+def eval_batches(config, batches: Iterator[dict], num_batches: int) -> Iterator[dict]:
   """Exactly ``num_batches`` batches; once the data runs out, all-zero (weightless) batches.
 
-  Every process must run the same number of eval steps, even when its shard is shorter.
+  Every process must run the same number of eval steps, even when its share is shorter or
+  empty; a synthetic batch gives the shapes of the zeros.
   """
-  template = None
   for _ in range(num_batches):
     batch = next(batches, None)
     if batch is None:
-      if template is None:
-        logging.warning("No eval data on process %d.", jax.process_index())
-        return
-      batch = {k: np.zeros_like(v) for k, v in template.items()}
-    template = batch
+      shapes = synthetic_batch(config.objective, step=0, seed=0,
+                               batch_size=config.train.batch_size // jax.process_count(),
+                               seq_len=config.train.seq_len, vocab_size=config.model.vocab_size)
+      batch = {k: np.zeros_like(v) for k, v in shapes.items()}
     yield batch

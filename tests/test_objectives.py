@@ -274,7 +274,8 @@ def test_span_corruption_full_piece_lengths_order_and_rebuild():
 
 
 def test_span_corruption_decoder_inputs_shift_within_segments():
-  packed = {"inputs": np.array([5, 6, 3, 7, 3, 0]), "inputs_segment_ids": np.array([1, 1, 1, 2, 2, 0]),
+  packed = {"inputs": np.array([5, 6, 3, 7, 3, 0]),
+            "inputs_segment_ids": np.array([1, 1, 1, 2, 2, 0]),
             "inputs_positions": np.array([0, 1, 2, 0, 1, 0]),
             "targets": np.array([99, 8, 3, 99, 3, 0]),
             "targets_segment_ids": np.array([1, 1, 1, 2, 2, 0]),

@@ -204,22 +204,19 @@ def test_concat_then_split_restores_from_json_at_a_row_boundary():
   np.testing.assert_array_equal(expected[0]["input_ids"], [20, 21, 22, 30])
 
 
+def _document_starts(batches):
+  """The documents of a causal stream in the order they start (a bos opens a document)."""
+  return [DOC_OF[targets[0]] for inputs, targets, _ in _causal_segments(batches)
+          if inputs[0] == TOK.bos_id]
+
+
 def test_new_epoch_new_order():
   it = _make("causal_lm", batch_size=1, num_epochs=2, shuffle_window=0, seed=1)
-  order = [d for d in _check_documents_twice(list(it))]
+  order = _document_starts(list(it))
   n = sum(1 for doc in DOCS if doc)
   first, second = order[:n], order[n:]
   assert sorted(first) == sorted(second) == sorted(d for d, doc in enumerate(DOCS) if doc)
   assert first != second
-
-
-def _check_documents_twice(batches):
-  """Document order of a two-epoch causal stream (each segment still within one document)."""
-  order = []
-  for inputs, targets, _ in _causal_segments(batches):
-    if inputs[0] == TOK.bos_id:
-      order.append(DOC_OF[targets[0]])
-  return order
 
 
 def test_mlm_new_epoch_new_masks_and_one_line_documents():
@@ -246,13 +243,13 @@ def test_mlm_eval_is_deterministic_complete_and_padded():
   batches = run()
   assert _equal(batches, run())
   train = list(_make("mlm_nsp", batch_size=1, shuffle=False, num_epochs=1, shuffle_window=0))
-  weights = np.concatenate([b["nsp_weights"] for b in batches])
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  weights = rows["nsp_weights"]
   assert weights.sum() == len(train) and weights[-1] == 0  # padded, nothing lost
-  real = {k: np.concatenate([b[k] for b in batches])[weights > 0] for k in batches[0]}
+  real = {k: v[weights > 0] for k, v in rows.items()}
   assert _equal([real], [{k: np.concatenate([b[k] for b in train]) for k in train[0]}])
-  pad = weights == 0
-  assert not real["mlm_weights"].size or not np.concatenate(
-      [b["mlm_weights"] for b in batches])[pad].any()
+  for key in ("mlm_weights", "attention_mask", "input_ids"):  # padding rows are all zero
+    assert not rows[key][weights == 0].any()
 
 
 def test_worker_processes_are_deterministic_and_restorable():

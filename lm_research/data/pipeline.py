@@ -12,8 +12,9 @@ One pipeline per objective, built from the same stages (DESIGN.md, "How data flo
   FlatMapIterDataset(unlist)            one element per example
   WindowShuffleIterDataset              mixes examples of neighbouring documents (long documents
                                         such as a play would otherwise fill whole batches)
-  ConcatThenSplit | FirstFitPack        causal_lm rows | span_corruption rows, with segment ids
-  .batch(batch_size)                    per-process batch of numpy arrays (contract in losses)
+  concat-then-split | first-fit pack    causal_lm rows | span_corruption rows, with segment ids
+                                        (packing.py, on Grain's experimental packers)
+  .batch(batch_size)                    per-process numpy batch (formats: objectives/registry.py)
   .mp_prefetch(worker_count)            worker processes when worker_count > 0
 
 Randomness is a pure function of (seed, global example index), so an iterator restored with
@@ -22,7 +23,9 @@ Randomness is a pure function of (seed, global example index), so an iterator re
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 from typing import Any, Mapping, Sequence
 
 from absl import flags
@@ -80,12 +83,36 @@ class _Tag(grain.transforms.MapWithIndex):
 class _BuildExamples(grain.transforms.Map):
   """(global index, document index) -> the list of that document's examples."""
 
+  _CACHED_DOCUMENTS = 64  # NSP's random documents; reading and splitting one costs ~3 ms
+
   def __init__(self, source, tokenizer, objective: str, builder, seed: int):
     self.source, self.tokenizer, self.objective = source, tokenizer, objective
     self.builder, self.seed = builder, seed
+    self._new_cache()
+
+  def _new_cache(self):
+    self._cache: collections.OrderedDict[int, _LazyLines] = collections.OrderedDict()
+    self._lock = threading.Lock()  # read threads share the cache
+
+  def __getstate__(self):
+    # The cache and its lock stay behind when Grain pickles the transform into a worker.
+    return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._new_cache()
 
   def _other_document(self, doc_index: int) -> _LazyLines:
-    return _LazyLines(_lines(_text(self.source[doc_index])), self.tokenizer.encode)
+    with self._lock:
+      if doc_index in self._cache:
+        self._cache.move_to_end(doc_index)
+        return self._cache[doc_index]
+    lines = _LazyLines(_lines(_text(self.source[doc_index])), self.tokenizer.encode)
+    with self._lock:
+      self._cache[doc_index] = lines
+      if len(self._cache) > self._CACHED_DOCUMENTS:
+        self._cache.popitem(last=False)
+    return lines
 
   def map(self, element: tuple[int, int]) -> list[dict[str, np.ndarray]]:
     global_index, doc_index = element
@@ -95,11 +122,17 @@ class _BuildExamples(grain.transforms.Map):
     text = _text(self.source[doc_index])
     encode = self.tokenizer.encode
     if self.objective == "causal_lm":
-      return causal_lm.document_examples(encode(text), bos_id=self.tokenizer.bos_id,
-                                         eos_id=self.tokenizer.eos_id)
+      bos = self.tokenizer.bos_id
+      # A decoder vocabulary may have no bos (GPT-2's): eos then starts documents too.
+      return causal_lm.document_examples(encode(text), eos_id=self.tokenizer.eos_id,
+                                         bos_id=self.tokenizer.eos_id if bos is None else bos)
     if self.objective == "span_corruption":
       return self.builder(encode(text), rng)
-    document = [ids for ids in map(encode, _lines(text)) if ids]
+    lines = _lines(text)
+    # One batched call when the tokenizer has one (SentencePiece encodes a list in C++).
+    encode_batch = getattr(self.tokenizer, "encode_batch", None)
+    document = [ids for ids in (encode_batch(lines) if encode_batch else map(encode, lines))
+                if ids]
     return self.builder(document, doc_index, len(self.source), self._other_document, rng)
 
 
@@ -174,21 +207,24 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
                                             prefetch_buffer_size=max(2 * read_threads, 1)))
   ds = grain.experimental.FlatMapIterDataset(ds, _Unlist())
   mix = shuffle and shuffle_window > 1
+  # Its own seed: the document shuffle already uses seed + epoch with the same permutation code.
+  window_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
   if objective == "causal_lm":
     ds = packing.concat_then_split(ds, {"input_ids": seq_len, "targets": seq_len})
     if mix:  # rows, so one long document does not fill a whole batch
       ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
-                                                       seed=seed)
+                                                       seed=window_seed)
     ds = ds.map(_Finalize(causal_lm.finalize_packed))
   elif objective == "span_corruption":
     if mix:  # pieces, before packing, so rows mix documents
       ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
-                                                       seed=seed)
+                                                       seed=window_seed)
     ds = packing.first_fit(ds, {"inputs": seq_len, "targets": builder.targets_length},
                            num_bins=max(batch_size, 8))
     ds = ds.map(_Finalize(span_corruption.finalize_packed))
   elif mix:
-    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
+    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
+                                                     seed=window_seed)
   if pad_last_batch:
     # Zero rows: segment ids, loss masks, MLM and NSP weights are 0, so they weigh nothing.
     ds = ds.batch(batch_size, batch_fn=functools.partial(grain.experimental.batch_and_pad,
@@ -208,13 +244,13 @@ def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size
                   seed: int, shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                   **options) -> grain.DatasetIterator:
-  """Training batches for ``objective`` from this process's share of ``source``, forever by
-  default; ``get_state``/``set_state`` checkpoint the position.
+  """Training batches of ``objective`` from this process's share of ``source`` (checkpointable).
 
-  ``source``: random access (``len``, ``[i]`` -> ``{'text': str}``). ``batch_size`` is per
-  process. ``options``: ``read_threads``, ``shuffle_window`` and the objective's own
-  (mlm_nsp: short_seq_prob, masked_lm_prob, max_predictions_per_seq, whole_word_mask;
-  span_corruption: noise_density, mean_noise_span_length).
+  Repeats forever unless ``num_epochs`` is set; ``get_state``/``set_state`` save and restore
+  the position. ``source``: random access (``len``, ``[i]`` -> ``{'text': str}``).
+  ``batch_size`` is per process. ``options``: ``read_threads``, ``shuffle_window`` and the
+  objective's own (mlm_nsp: short_seq_prob, masked_lm_prob, max_predictions_per_seq,
+  whole_word_mask; span_corruption: noise_density, mean_noise_span_length).
   """
   return iter(build_dataset(
       source, tokenizer, objective, seq_len=seq_len, batch_size=batch_size, seed=seed,
@@ -225,8 +261,10 @@ def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size
 def make_eval_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
                        seed: int = 0, process_index: int = 0, process_count: int = 1,
                        worker_count: int = 0, **options) -> grain.DatasetIterator:
-  """One pass over this process's share of ``source`` in order, with fixed masks; the last
-  batch is filled with all-zero rows (weight 0) so no example is lost."""
+  """One ordered pass over this process's share of ``source`` with fixed masks, padded at the end.
+
+  The last batch is filled with all-zero rows (weight 0 everywhere) so no example is lost.
+  """
   return iter(build_dataset(
       source, tokenizer, objective, seq_len=seq_len, batch_size=batch_size, seed=seed,
       shuffle=False, num_epochs=1, process_index=process_index, process_count=process_count,

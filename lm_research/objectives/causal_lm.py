@@ -27,8 +27,7 @@ def document_examples(token_ids: Sequence[int], *, bos_id: int,
 
 
 def finalize_packed(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Grain ConcatThenSplit output (``input_ids``/``targets`` + ``*_segment_ids``/``*_positions``)
-  to the causal_lm batch format."""
+  """A packed row (``input_ids``, ``targets``, ``*_segment_ids``, ``*_positions``) in batch form."""
   segment_ids = packed["input_ids_segment_ids"]
   # Inputs and targets have equal lengths per document, so the packer must split them alike.
   if not np.array_equal(segment_ids, packed["targets_segment_ids"]):

@@ -133,21 +133,24 @@ def mask_tokens(
   ``candidates`` are the positions that may be masked (the non-special tokens).
   """
   num_to_predict = min(max_predictions, max(1, int(round(len(candidates) * masked_lm_prob))))
-  groups = word_groups(candidates, word_start)
-  chosen: list[np.ndarray] = []
-  count = 0
-  for g in rng.permutation(len(groups)):
-    if count >= num_to_predict:
-      break
-    # A whole word that would overshoot the budget is skipped, as in the reference.
-    if count + len(groups[g]) > num_to_predict:
-      continue
-    chosen.append(groups[g])
-    count += len(groups[g])
-  positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
+  if word_start is None:  # single tokens: the first num_to_predict of a random order
+    positions = np.sort(candidates[rng.permutation(len(candidates))[:num_to_predict]])
+  else:
+    groups = word_groups(candidates, word_start)
+    chosen: list[np.ndarray] = []
+    count = 0
+    for g in rng.permutation(len(groups)):
+      if count >= num_to_predict:
+        break
+      # A whole word that would overshoot the budget is skipped, as in the reference.
+      if count + len(groups[g]) > num_to_predict:
+        continue
+      chosen.append(groups[g])
+      count += len(groups[g])
+    positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
   masked = input_ids.copy()
   u = rng.random(len(positions))
-  replace = rng.choice(random_ids, size=len(positions))
+  replace = random_ids[rng.integers(0, len(random_ids), size=len(positions))]
   masked[positions] = np.where(u < 0.8, mask_id, np.where(u < 0.9, replace, input_ids[positions]))
   return masked, positions
 
@@ -170,9 +173,12 @@ class MlmNspBuilder:
     specials = special_token_ids(tokenizer)
     self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials).astype(np.int32)
     # A lookup table once, so whole-word grouping is one indexing op per example.
-    self.word_start_table = (np.array([bool(tokenizer.is_word_start(i))
-                                       for i in range(tokenizer.vocab_size)])
-                             if whole_word_mask else None)
+    self.word_start_table = None
+    if whole_word_mask:
+      table = getattr(tokenizer, "word_starts", None)
+      self.word_start_table = np.asarray(
+          table if table is not None
+          else [tokenizer.is_word_start(i) for i in range(tokenizer.vocab_size)], bool)
 
   def example(self, tokens_a: Sequence[int], tokens_b: Sequence[int], nsp_label: int,
               rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -87,7 +87,7 @@ def nonnoise_span_to_unique_sentinel(tokens: np.ndarray, noise_mask: np.ndarray,
 
 
 class SpanCorruptionBuilder:
-  """Turns one document into (inputs, targets) pieces that fit ``input_length``/``targets_length``."""
+  """Turns one document into (inputs, targets) pieces of at most input/targets_length tokens."""
 
   def __init__(self, tokenizer, *, input_length: int, noise_density: float = 0.15,
                mean_noise_span_length: float = 3.0):
@@ -130,8 +130,7 @@ def decoder_inputs(targets: np.ndarray, segment_ids: np.ndarray,
 
 
 def finalize_packed(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Grain packer output (``inputs``/``targets`` + ``*_segment_ids``/``*_positions``) to the
-  span_corruption batch format."""
+  """A packed row (``inputs``, ``targets``, ``*_segment_ids``, ``*_positions``) as a batch row."""
   targets = packed["targets"].astype(np.int32)
   dec_segments = packed["targets_segment_ids"].astype(np.int32)
   dec_positions = packed["targets_positions"].astype(np.int32)

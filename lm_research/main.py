@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -73,11 +74,43 @@ def main(argv: list[str]) -> None:
     train.evaluate_only(config, _WORKDIR.value)
 
 
+def _flag_error_line(error: BaseException, argv: list[str]) -> str:
+  """One readable line for a flag, config-file or config-key error (never a traceback)."""
+  if isinstance(error, OSError):  # ml_collections could not load the --config file
+    return f"cannot load the config file: {str(error).strip().splitlines()[-1].strip()}"
+  if isinstance(error, (AttributeError, KeyError)):  # an override names no config field
+    while error.args and isinstance(error.args[0], BaseException):
+      error = error.args[0]
+    text = str(error.args[0] if error.args else error)
+    key = text.splitlines()[0].strip("'\"") if text else ""
+    paths = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    path = next((p for p in paths if key in p.split(".")), f"config.{key}")
+    hint = re.search(r'Did you mean "([^"]+)" instead of', text)
+    if hint and key in path.split("."):
+      parts = path.split(".")
+      parts[parts.index(key)] = hint.group(1)
+      return f"--{path} is not a config key; did you mean --{'.'.join(parts)}?"
+    return f"--{path} is not a config key (see configs/base.py for every field)."
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad flag, config file or config key exits with one line."""
+  try:
+    args = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.get("seed")  # a config file that failed to load raises only when read
+    return args
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    sys.exit(f"error: {_flag_error_line(e, argv)}")
+
+
 def run() -> None:
   """Console entry: turns config errors into one readable line instead of a traceback."""
   flags.mark_flag_as_required("config")
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except flags.IllegalFlagValueError as e:
     sys.exit(f"error: {str(e).splitlines()[-1]}")
   except ValueError as e:

@@ -25,6 +25,19 @@ TINY = {"data.source": "synthetic", "model.vocab_size": 64, "model.d_model": 32,
         "eval.every_steps": 0, "train.log_every_steps": 5}
 
 
+
+def _logged_steps(path):
+  """Steps logged so far; a line still being written is skipped."""
+  steps = []
+  if os.path.exists(path):
+    for line in open(path):
+      try:
+        steps.append(json.loads(line)["step"])
+      except ValueError:
+        pass
+  return steps
+
+
 def _config(module=gpt_tiny, **overrides):
   config = module.get_config()
   for key, value in {**TINY, **overrides}.items():
@@ -158,7 +171,7 @@ def _wait_for_step(workdir, step, proc, timeout=240):
   while time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError("run ended early:\n" + proc.stdout.read()[-2000:])
-    if os.path.exists(path) and any(json.loads(l)["step"] >= step for l in open(path) if l.strip()):
+    if any(s >= step for s in _logged_steps(path)):
       return
     time.sleep(0.05)
   raise AssertionError(f"step {step} never logged")

@@ -46,7 +46,8 @@ def _mlm_nsp(rng, batch, length, vocab):
   weights = ((rng.random((batch, length)) < 0.15) & (mask == 1)).astype(np.float32)
   return {"input_ids": tokens, "token_type_ids": types, "attention_mask": mask,
           "mlm_targets": rng.integers(FIRST_TOKEN, vocab, (batch, length)).astype(np.int32),
-          "mlm_weights": weights, "nsp_labels": rng.integers(0, 2, batch).astype(np.int32)}
+          "mlm_weights": weights, "nsp_labels": rng.integers(0, 2, batch).astype(np.int32),
+          "nsp_weights": np.ones(batch, np.float32)}
 
 
 def _span_corruption(rng, batch, length, vocab):

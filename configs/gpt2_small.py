@@ -25,4 +25,5 @@ def get_config(arg: str = ""):
   c.train.schedule = "cosine"
   c.train.weight_decay = 0.1
   c.train.b2 = 0.95
+  c.data.source = "c4/en"  # web text (C4; OpenWebText is not in the TFDS catalog)
   return c

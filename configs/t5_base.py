@@ -31,4 +31,5 @@ def get_config(arg: str = ""):
   c.train.learning_rate = 1e-2
   c.train.warmup_steps = 10_000
   c.train.weight_decay = 0.0
+  c.data.source = "c4/en"  # C4, as T5 was
   return c

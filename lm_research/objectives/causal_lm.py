@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lm_research.objectives.losses import lm_sums
+
 
 def document_examples(token_ids: Sequence[int], *, bos_id: int,
                       eos_id: int) -> list[dict[str, np.ndarray]]:
@@ -38,3 +40,10 @@ def finalize_packed(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
           "positions": packed["input_ids_positions"].astype(np.int32),
           # Every non-padding target is its document's true next token (see the docstring).
           "loss_mask": (segment_ids > 0).astype(np.float32)}
+
+
+def loss_numerators(model, batch, dropout_rng, z_loss):
+  """Next-token cross-entropy over packed documents (sums; see objectives/losses.py)."""
+  out = model(batch["input_ids"], segment_ids=batch["segment_ids"],
+              positions=batch["positions"], dropout_rng=dropout_rng)
+  return lm_sums(out.logits, batch["targets"], batch["loss_mask"], z_loss)

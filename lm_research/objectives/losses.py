@@ -52,3 +52,14 @@ def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT:
     log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     sums["z"] = z_loss * jnp.sum(jnp.square(log_z_BT) * weights_BT)
   return sums
+
+
+def lm_sums(logits_BTV, targets_BT, weights_BT, z_loss: float) -> dict[str, jax.Array]:
+  """Language-model numerators: 'loss' (cross-entropy + z-loss), 'ce', 'accuracy'."""
+  sums = cross_entropy_sums(logits_BTV, targets_BT, weights_BT, z_loss)
+  return {"loss": sums["ce"] + sums.get("z", 0.0), "ce": sums["ce"], "accuracy": sums["correct"]}
+
+
+def lm_denominators(batch: Batch) -> dict[str, jax.Array]:
+  """The number of target tokens that count (``loss_mask``)."""
+  return {"tokens": jnp.sum(batch["loss_mask"].astype(jnp.float32))}

@@ -23,7 +23,11 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+from lm_research.objectives.losses import cross_entropy_sums
 
 TokenLines = Sequence[Sequence[int]]
 
@@ -217,3 +221,23 @@ class MlmNspBuilder:
         document, doc_index, num_docs, other_document, max_num_tokens=self.max_seq_len - 3,
         short_seq_prob=self.short_seq_prob, rng=rng)
     return [self.example(a, b, label, rng) for a, b, label in pairs]
+
+
+def loss_numerators(model, batch, dropout_rng, z_loss):
+  """Cross-entropy on masked tokens plus next-sentence classification (sums)."""
+  del z_loss  # an encoder's MLM softmax needs no z-loss
+  out = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+              token_type_ids=batch["token_type_ids"], dropout_rng=dropout_rng)
+  mlm = cross_entropy_sums(out.logits, batch["mlm_targets"], batch["mlm_weights"])
+  nsp_weights = batch["nsp_weights"]
+  nsp_ce = optax.softmax_cross_entropy_with_integer_labels(out.nsp_logits, batch["nsp_labels"])
+  nsp_correct = jnp.argmax(out.nsp_logits, -1) == batch["nsp_labels"]
+  return {"mlm_loss": mlm["ce"], "mlm_accuracy": mlm["correct"],
+          "nsp_loss": jnp.sum(nsp_ce * nsp_weights),
+          "nsp_accuracy": jnp.sum(nsp_correct * nsp_weights)}
+
+
+def loss_denominators(batch):
+  """Masked tokens (MLM terms) and real examples (NSP terms)."""
+  return {"masked": jnp.sum(batch["mlm_weights"].astype(jnp.float32)),
+          "examples": jnp.sum(batch["nsp_weights"].astype(jnp.float32))}

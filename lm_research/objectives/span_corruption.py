@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lm_research.objectives.losses import lm_sums
+
 
 def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
                         mean_noise_span_length: float = 3.0, extra_tokens_per_span_inputs: int = 1,
@@ -142,3 +144,12 @@ def finalize_packed(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
           "decoder_segment_ids": dec_segments,
           "decoder_positions": dec_positions,
           "loss_mask": (dec_segments > 0).astype(np.float32)}
+
+
+def loss_numerators(model, batch, dropout_rng, z_loss):
+  """Cross-entropy on the sentinel-delimited targets (sums; see objectives/losses.py)."""
+  out = model(batch["input_ids"], segment_ids=batch["segment_ids"], positions=batch["positions"],
+              decoder_input_ids=batch["decoder_input_ids"],
+              decoder_segment_ids=batch["decoder_segment_ids"],
+              decoder_positions=batch["decoder_positions"], dropout_rng=dropout_rng)
+  return lm_sums(out.logits, batch["targets"], batch["loss_mask"], z_loss)

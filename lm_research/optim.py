@@ -55,7 +55,9 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     decay = optax.cosine_decay_schedule(peak, decay_steps)
   elif cfg.schedule == "inverse_sqrt":
     offset = max(warmup, 1)
-    decay = lambda s: peak * jnp.sqrt(offset / (s + offset))  # noqa: E731  (T5's rsqrt decay)
+    # T5's rsqrt decay. The max keeps join_schedules' evaluation of this branch at warmup
+    # steps (s < 0) finite: a host-side schedule(0) used to divide by zero.
+    decay = lambda s: peak * jnp.sqrt(offset / jnp.maximum(s + offset, offset))  # noqa: E731
   else:
     decay = optax.constant_schedule(peak)
   if warmup == 0:

@@ -50,7 +50,11 @@ def forward_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 
   s, t = seq_len, target_len
   encoder = 2 * cfg.num_layers * _layer_matmul_params(cfg, cross=False) * s
   encoder += cfg.num_layers * 4 * s * s * nh
-  decoder = (2 * cfg.decoder_layers * _layer_matmul_params(cfg, cross=True) + 2 * d * v) * t
+  # Cross-attention keys and values project the s encoder outputs, not the t targets.
+  cross_kv = 2 * d * cfg.kv_heads * cfg.dim_per_head
+  decoder = (2 * cfg.decoder_layers * (_layer_matmul_params(cfg, cross=True) - cross_kv)
+             + 2 * d * v) * t
+  decoder += 2 * cfg.decoder_layers * cross_kv * s
   decoder += cfg.decoder_layers * (2 * t * t * nh + 4 * t * s * nh)
   return encoder + decoder
 

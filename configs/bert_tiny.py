@@ -18,6 +18,10 @@ def get_config(arg: str = ""):
       max_len=128, type_vocab_size=2, pre_norm=False, norm_eps=1e-12, activation="gelu",
       pooler=True, head="pretraining", dropout_rate=0.1)
   c.train.seq_len = 128
+  # The bundled public-domain Shakespeare corpus; the tokenizer is trained on it on first use.
+  c.data.source = "files"
+  c.data.train_path = "data/shakespeare/train"
+  c.data.eval_path = "data/shakespeare/eval"
   c.train.batch_size = 32
   c.train.learning_rate = 1e-3
   return c

@@ -22,6 +22,10 @@ def get_config(arg: str = ""):
   elif arg:
     raise ValueError(f"configs/t5_tiny.py takes '' or 'v1_1', got {arg!r}.")
   c.train.seq_len = 128
+  # The bundled public-domain Shakespeare corpus; the tokenizer is trained on it on first use.
+  c.data.source = "files"
+  c.data.train_path = "data/shakespeare/train"
+  c.data.eval_path = "data/shakespeare/eval"
   c.train.batch_size = 16
   c.train.learning_rate = 3e-3
   return c

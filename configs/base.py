@@ -81,4 +81,28 @@ def get_base() -> ml_collections.ConfigDict:
   # Disjoint data streams per global batch; 0 = gcd(batch_size, 8). Runs whose process count
   # divides it see identical batches (a 2-process run matches a 1-process one).
   c.data.num_shards = 0
+
+  # Tracking: W&B (online, offline or off) and TensorBoard, beside metrics.jsonl (always).
+  c.wandb = ml_collections.ConfigDict()
+  # 'online' | 'offline' | 'disabled'; '' = $WANDB_MODE if set, else online when WANDB_API_KEY
+  # is set and offline (no network needed; `wandb sync WORKDIR/wandb/offline-run-*` later) when not
+  c.wandb.mode = ""
+  c.wandb.project = "lm_research"
+  c.wandb.entity = ""  # '' = the API key's default entity
+  c.wandb.name = ""  # run name; '' = the workdir's folder name
+  c.wandb.group = ""  # runs of one sweep share a group (launch/sweep.py sets it)
+  c.wandb.tags = ""  # comma-separated, e.g. 'ablation,lr'
+  c.wandb.notes = ""
+  c.wandb.dir = ""  # where W&B writes its files; '' = WORKDIR (so WORKDIR/wandb/)
+  c.wandb.system_metrics = True  # sample CPU/GPU/TPU utilisation into the run
+
+  c.tensorboard = ml_collections.ConfigDict()
+  c.tensorboard.enabled = False  # event files for `tensorboard --logdir`
+  c.tensorboard.dir = ""  # '' = WORKDIR/tensorboard
+
+  # A jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile/
+  # (open with TensorBoard's profile plugin or Perfetto); process 0 only.
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 5  # skip the compiling first steps
+  c.profile.num_steps = 0  # 0 = no trace
   return c

@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 
 from lm_research import metrics as flops
-from lm_research import sharding, writers
+from lm_research import profiling, sharding, tracking, writers
 from lm_research.checkpointing import Checkpointer, PreemptionFlag
 from lm_research.experiment import (Experiment, compile_steps, create_train_state,  # noqa: F401
                                     make_batches, make_experiment, run_eval, state_layout)
@@ -46,16 +46,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains to ``train.steps`` (resuming from WORKDIR/checkpoints); returns the last metrics."""
   exp = make_experiment(config, devices, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
+  is_main = jax.process_index() == 0
+  profiler = profiling.StepProfiler(config, workdir, is_main)
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  sinks = []
   preempted = PreemptionFlag().install()
   try:
+    sinks = tracking.open_sinks(config, workdir, is_main)  # W&B, TensorBoard (process 0)
     with sharding.active_mesh(exp.mesh):
       graphdef, state, state_sh, data_state, start = _initial_state(exp, tx, ckpt)
       train, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
-      return _loop(exp, state, data_state, start, train, evaluate, workdir, ckpt, preempted)
+      return _loop(exp, state, data_state, start, train, evaluate, workdir, ckpt, preempted,
+                   sinks, profiler)
   finally:
     preempted.uninstall()
     ckpt.close()
+    profiler.stop()
+    tracking.close_sinks(sinks)  # marks the W&B run failed if training raised
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
@@ -81,11 +88,11 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
-          preempted) -> dict[str, float]:
+          preempted, sinks=(), profiler=None) -> dict[str, float]:
   """Runs the steps; fetches step N's metrics after dispatching step N+1 (no host stall)."""
   c = exp.config
   is_main = jax.process_index() == 0
-  writer = writers.MetricsWriter(workdir, is_main=is_main)
+  writer = writers.MetricsWriter(workdir, is_main=is_main, sinks=sinks)
   writer.truncate_after(start_step)  # steps after the checkpoint are logged again below
   batches = make_batches(exp, "train")
   if data_state is not None:
@@ -98,7 +105,11 @@ def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
     writer.write(0, last)
   for step in range(start_step + 1, c.train.steps + 1):
     batch = sharding.global_batch(exp.mesh, next(batches))
+    if profiler:
+      profiler.before_step(step)
     state, device_metrics = train(state, batch)
+    if profiler:
+      profiler.after_step(step, device_metrics)
     if pending is not None:
       last = _report(exp, pending, writer, meter)
     pending = (step, device_metrics)

@@ -9,17 +9,19 @@ import datetime
 import json
 import math
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from absl import logging
 
 
 class MetricsWriter:
-  """Appends one JSON line per logged step to ``WORKDIR/metrics.jsonl`` (process 0 only)."""
+  """Appends one JSON line per logged step to ``WORKDIR/metrics.jsonl`` (process 0 only), and
+  hands the same step to each extra sink (``lm_research.tracking``: W&B, TensorBoard)."""
 
-  def __init__(self, workdir: str, *, is_main: bool = True):
+  def __init__(self, workdir: str, *, is_main: bool = True, sinks: Sequence = ()):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.is_main = is_main
+    self.sinks = list(sinks) if is_main else []
     if is_main:
       os.makedirs(workdir, exist_ok=True)
 
@@ -33,9 +35,13 @@ class MetricsWriter:
       record[key] = value if math.isfinite(value) else None
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    for sink in self.sinks:
+      sink.write(step, {k: float(v) for k, v in metrics.items()})
 
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after ``step`` (a resumed run re-logs them from its checkpoint)."""
+    for sink in self.sinks:
+      sink.truncate_after(step)
     if not self.is_main or not os.path.exists(self.path):
       return
     with open(self.path) as f:

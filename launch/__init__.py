@@ -1,0 +1,1 @@
+"""Launch tools: sweeps (sweep.py) and cluster launch scripts (tpu_vm.sh, gpu_slurm.sbatch, xpk_gke.sh)."""

@@ -203,14 +203,24 @@ def _model_config_dict(workdir: str, config) -> dict:
 
 
 def load_trained_model(workdir: str, config=None):
-  """The model of WORKDIR's latest checkpoint, rebuilt without layer scanning for inspection."""
-  from lm_research import pretrained  # noqa: PLC0415
-  from lm_research.models import ModelConfig, build_model, layout  # noqa: PLC0415
+  """(model, config dict) of WORKDIR's latest checkpoint, rebuilt without layer scanning so
+  that it runs eagerly for inspection."""
   c = _model_config_dict(workdir, config)
-  model_cfg = ModelConfig.from_dict(c["model"]).replace(scan_layers=False, remat="none")
-  model = build_model(model_cfg, 0)
+  return _restore(workdir, _inspection_config(c)), c
+
+
+def _inspection_config(c: dict):
+  from lm_research.models import ModelConfig  # noqa: PLC0415
+  return ModelConfig.from_dict(c["model"]).replace(scan_layers=False, remat="none")
+
+
+def _restore(workdir: str, model_cfg):
+  from lm_research import pretrained  # noqa: PLC0415
+  from lm_research.models import build_model, layout  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  model = nnx.eval_shape(lambda: build_model(model_cfg, 0))  # shapes only: no random init
   layout.set_params(model, pretrained._native_params(workdir))  # noqa: SLF001
-  return model, c
+  return model
 
 
 def plot_attention(workdir: str, sentence: str, out: str, config=None,
@@ -219,8 +229,8 @@ def plot_attention(workdir: str, sentence: str, out: str, config=None,
   from lm_research.data.tokenizer import load_tokenizer  # noqa: PLC0415
   if not sentence.strip():
     raise ValueError("--sentence is empty; give the text whose attention to draw.")
-  model, c = load_trained_model(workdir, config)
-  cfg = model.cfg
+  c = _model_config_dict(workdir, config)
+  cfg = _inspection_config(c)
   tokenizer_path = tokenizer_path or c["data"].get("tokenizer_path") or os.path.join(
       workdir, "tokenizer.model")
   tok = load_tokenizer(tokenizer_path, cfg.family)
@@ -235,7 +245,7 @@ def plot_attention(workdir: str, sentence: str, out: str, config=None,
   if max(ids) >= cfg.vocab_size:
     raise ValueError(f"Tokenizer {tokenizer_path} gives id {max(ids)} but model.vocab_size="
                      f"{cfg.vocab_size}; pass the run's own tokenizer with --tokenizer.")
-  maps = attention_maps(model, ids)
+  maps = attention_maps(_restore(workdir, cfg), ids)
   pieces = [tok.id_to_piece(i) for i in ids]
   path = os.path.join(out, f"attention_{os.path.basename(os.path.abspath(workdir))}.png")
   _draw_attention_grid(maps, pieces, path, title=f"{os.path.basename(workdir)}: {sentence!r}")

@@ -15,7 +15,7 @@ import os
 import secrets
 import string
 import sys
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import ml_collections
 from absl import logging
@@ -139,6 +139,40 @@ class TensorBoardSink:
     del failed
     if self._writer is not None:
       self._writer.close()
+
+
+def offline_records(run_dir: str) -> Iterator[Any]:
+  """Every record (W&B's protobuf ``Record``) of an offline run's ``run-ID.wandb`` file."""
+  from wandb.proto import wandb_internal_pb2  # noqa: PLC0415
+  files = [f for f in os.listdir(run_dir) if f.endswith(".wandb")]
+  if not files:
+    raise ValueError(f"{run_dir} holds no .wandb file; give an offline-run-* folder.")
+  with open(os.path.join(run_dir, files[0]), "rb") as f:
+    data = f.read()
+  # A LevelDB-style log: a 7-byte W&B header, then records in 32 KiB blocks, each chunk with a
+  # 7-byte header (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last).
+  pos, block, pending = 7, 32768, b""
+  while pos + 7 <= len(data):
+    left = block - pos % block
+    length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+    if left < 7 or kind == 0:  # block trailer padding
+      pos += left
+      continue
+    chunk = data[pos + 7:pos + 7 + length]
+    pos += 7 + length
+    pending = chunk if kind in (1, 2) else pending + chunk
+    if kind in (1, 4):
+      record = wandb_internal_pb2.Record()
+      record.ParseFromString(pending)
+      yield record
+
+
+def offline_history(run_dir: str) -> list[dict[str, Any]]:
+  """The metrics an offline W&B run holds, one dict per log call (with '_step'): for checking
+  a run before ``wandb sync`` uploads it."""
+  return [{item.key or "/".join(item.nested_key): json.loads(item.value_json)
+           for item in record.history.item}
+          for record in offline_records(run_dir) if record.WhichOneof("record_type") == "history"]
 
 
 def open_sinks(config: ml_collections.ConfigDict, workdir: str, is_main: bool = True) -> list:

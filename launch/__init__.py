@@ -1,1 +1,2 @@
-"""Launch tools: sweeps (sweep.py) and cluster launch scripts (tpu_vm.sh, gpu_slurm.sbatch, xpk_gke.sh)."""
+"""Launch tools: sweeps (sweep.py) and cluster scripts (tpu_vm.sh, gpu_slurm.sbatch,
+xpk_gke.sh)."""

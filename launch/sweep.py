@@ -227,27 +227,22 @@ def main(argv: Sequence[str]) -> int:
     return _agent(args, overrides)
   spec, name, workdir, runs = plan(args.config, args.sweep, args.workdir, overrides)
   if args.export_wandb:
-    import yaml  # noqa: PLC0415  (PyYAML comes with wandb)
-    exported = sweep_spec.wandb_sweep(spec, name, args.config, args.sweep, workdir)
-    os.makedirs(os.path.dirname(os.path.abspath(args.export_wandb)), exist_ok=True)
-    with open(args.export_wandb, "w") as f:
-      yaml.safe_dump(exported, f, sort_keys=False)
-    print(f"W&B sweep written to {args.export_wandb}: wandb sweep {args.export_wandb}, then "
-          "wandb agent ENTITY/PROJECT/SWEEP_ID")
+    _export_wandb(sweep_spec.wandb_sweep(spec, name, args.config, args.sweep, workdir),
+                  args.export_wandb)
     return 0
   todo = [r for r in runs if not is_finished(r)]
   if args.print_commands:
     for run in todo:
       print(format_command(run, args.print_commands))
     return 0
-  if args.dry_run or args.summary_only:
-    if args.dry_run:
-      print(f"sweep {name}: {len(runs)} runs in {workdir}, {len(runs) - len(todo)} finished")
-      for run in runs:
-        state = "finished" if run not in todo else f"to run (at step {max(last_step(run.workdir), 0)})"
-        print(f"  {run.name}: {state}\n    {format_command(run, 'local')}")
-      return 0
-  else:
+  if args.dry_run:
+    print(f"sweep {name}: {len(runs)} runs in {workdir}, {len(runs) - len(todo)} finished")
+    for run in runs:
+      step = max(last_step(run.workdir), 0)
+      state = "finished" if run not in todo else f"to run (at step {step})"
+      print(f"  {run.name}: {state}\n    {format_command(run, 'local')}")
+    return 0
+  if not args.summary_only:
     if len(todo) < len(runs):
       print(f"Skipping {len(runs) - len(todo)} finished runs of {len(runs)}.", flush=True)
     run_all(todo, args.parallel)
@@ -259,8 +254,20 @@ def main(argv: Sequence[str]) -> int:
   return 1 if failed else 0
 
 
+def _export_wandb(exported: dict, path: str) -> None:
+  """Writes the W&B sweep YAML and says how to start it."""
+  import yaml  # noqa: PLC0415  (PyYAML, pinned in requirements.txt)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    yaml.safe_dump(exported, f, sort_keys=False)
+  print(f"W&B sweep written to {path}: run `wandb sweep {path}`, then `wandb agent "
+        "ENTITY/PROJECT/SWEEP_ID` from this directory.")
+
+
 if __name__ == "__main__":
   try:
     sys.exit(main(sys.argv[1:]))
   except ValueError as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(130)

@@ -1,7 +1,8 @@
 """A sweep file's ``get_sweep()`` spec -> the list of runs, their names, and a W&B sweep YAML.
 
 A spec is a dict:
-  {'method': 'grid', 'parameters': {'train.learning_rate': [1e-3, 3e-3], 'model.num_layers': [2, 4]},
+  {'method': 'grid',
+   'parameters': {'train.learning_rate': [1e-3, 3e-3], 'model.num_layers': [2, 4]},
    'fixed': {'train.steps': 200}, 'metric': {'name': 'eval/loss', 'goal': 'minimize'}}
   {'method': 'random', 'num_runs': 6, 'seed': 0, 'parameters': {
        'train.learning_rate': {'distribution': 'log_uniform', 'min': 1e-4, 'max': 1e-2},

@@ -210,11 +210,16 @@ def load_trained_model(workdir: str, config=None):
 
 
 def _inspection_config(c: dict):
+  """The run's ModelConfig, with layers looped (not scanned) so each runs eagerly."""
   from lm_research.models import ModelConfig  # noqa: PLC0415
-  return ModelConfig.from_dict(c["model"]).replace(scan_layers=False, remat="none")
+  try:
+    return ModelConfig.from_dict(c["model"]).replace(scan_layers=False, remat="none")
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"The run's config has no complete model block ({e}).") from None
 
 
 def _restore(workdir: str, model_cfg):
+  """The model with WORKDIR's latest parameters, built from shapes alone (no random init)."""
   from lm_research import pretrained  # noqa: PLC0415
   from lm_research.models import build_model, layout  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
@@ -231,6 +236,8 @@ def plot_attention(workdir: str, sentence: str, out: str, config=None,
     raise ValueError("--sentence is empty; give the text whose attention to draw.")
   c = _model_config_dict(workdir, config)
   cfg = _inspection_config(c)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise ValueError(f"{workdir} has no checkpoints/ to draw attention from; train there first.")
   tokenizer_path = tokenizer_path or c["data"].get("tokenizer_path") or os.path.join(
       workdir, "tokenizer.model")
   tok = load_tokenizer(tokenizer_path, cfg.family)

@@ -2,6 +2,7 @@
 launch commands, the W&B export and the agent entry. Nothing here trains: a fake trainer
 (a few lines of Python) stands in for lm_research.main and writes metrics.jsonl."""
 
+import csv
 import json
 import math
 import os
@@ -155,14 +156,14 @@ def test_half_done_sweep_reruns_only_unfinished_runs_and_summarises(tmp_path, mo
   assert len((out / "calls.txt").read_text().split()) == 3
 
   with open(out / "summary.csv") as f:
-    rows = list(__import__("csv").DictReader(f))
+    rows = list(csv.DictReader(f))
   assert [r["status"] for r in rows] == ["done"] * 4
   assert {r["run"] for r in rows} == {r.name for r in runs}
   assert rows[0]["train.learning_rate"] == "0.003"  # best eval/loss first (higher lr here)
   assert float(rows[0]["eval/loss"]) == pytest.approx(5.7)
   md = (out / "summary.md").read_text()
-  assert "| run | status | step | train.learning_rate | model.num_layers | train/loss | eval/loss |" \
-      in md
+  assert ("| run | status | step | train.learning_rate | model.num_layers | train/loss "
+          "| eval/loss |") in md
   assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -184,8 +185,8 @@ def test_cluster_commands_and_wandb_export(tmp_path, capsys):
   sweep.main(args + ["--print_commands=slurm"])
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 6
-  assert all("sbatch --job-name=" in line and " launch/gpu_slurm.sbatch --config=configs/gpt_tiny.py"
-             in line for line in lines)
+  assert all("sbatch --job-name=" in line
+             and " launch/gpu_slurm.sbatch --config=configs/gpt_tiny.py" in line for line in lines)
   sweep.main(args + ["--print_commands=tpu"])
   assert all(line.startswith("launch/tpu_vm.sh --config=") for line in
              capsys.readouterr().out.splitlines())

@@ -19,6 +19,22 @@ def model_block(**fields) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(defaults, **fields))
 
 
+def train_on_bundled_corpus(c: ml_collections.ConfigDict, batch_size: int) -> None:
+  """The tiny configs' recipe: the bundled Shakespeare corpus, 600 steps of 128 tokens."""
+  c.data.source = "files"  # the tokenizer is trained on these files on first use
+  c.data.train_path = "data/shakespeare/train"
+  c.data.eval_path = "data/shakespeare/eval"
+  c.train.seq_len = 128
+  c.train.batch_size = batch_size
+  c.train.steps = 600
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = 30
+  c.eval.every_steps = 200
+  c.eval.steps = 16  # the same held-out batches at every evaluation
+  c.checkpoint.every_steps = 300
+  c.train.log_every_steps = 50
+
+
 def get_base() -> ml_collections.ConfigDict:
   """The default experiment: every section and field, before a config file specialises it."""
   c = ml_collections.ConfigDict()

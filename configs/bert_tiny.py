@@ -2,7 +2,12 @@
 
 Command:
   python -m lm_research.main --config=configs/bert_tiny.py --workdir=runs/bert_tiny
-Sized to train in minutes on a laptop CPU.
+Data: the bundled Shakespeare corpus (data/shakespeare: 13 plays to train on, 2 held out); a
+4096-piece SentencePiece tokenizer is trained on it first (about 3 s).
+Measured on a 2-core CPU (2026-11-29): 600 steps in 6 min 40 s in all, ~0.6 s/step. Held-out
+MLM accuracy 10.8% (untrained 0.0%; always predicting the most frequent piece ',' scores
+4.8%), MLM cross-entropy 6.03 nats (unigram model 6.41); NSP stays at chance (0.693) this
+early.
 """
 
 from configs import base
@@ -14,14 +19,8 @@ def get_config(arg: str = ""):
   c = base.get_base()
   c.objective = "mlm_nsp"
   c.model = base.model_block(
-      family="encoder", vocab_size=8192, d_model=128, num_layers=2, num_heads=2, d_ff=512,
+      family="encoder", vocab_size=4096, d_model=128, num_layers=2, num_heads=2, d_ff=512,
       max_len=128, type_vocab_size=2, pre_norm=False, norm_eps=1e-12, activation="gelu",
       pooler=True, head="pretraining", dropout_rate=0.1)
-  c.train.seq_len = 128
-  # The bundled public-domain Shakespeare corpus; the tokenizer is trained on it on first use.
-  c.data.source = "files"
-  c.data.train_path = "data/shakespeare/train"
-  c.data.eval_path = "data/shakespeare/eval"
-  c.train.batch_size = 32
-  c.train.learning_rate = 1e-3
+  base.train_on_bundled_corpus(c, batch_size=32)
   return c

@@ -13,7 +13,7 @@ def get_config(arg: str = ""):
   c = base.get_base()
   c.objective = "span_corruption"
   c.model = base.model_block(
-      family="encoder_decoder", vocab_size=8192, d_model=128, num_layers=2,
+      family="encoder_decoder", vocab_size=4096, d_model=128, num_layers=2,
       num_decoder_layers=2, num_heads=4, head_dim=32, d_ff=512, position="relative",
       norm="rmsnorm", norm_eps=1e-6, activation="relu", use_bias=False, attention_scale=1.0,
       initializer_range=0.05, dropout_rate=0.1, head="lm")
@@ -21,11 +21,5 @@ def get_config(arg: str = ""):
     c.model.update(activation="gelu_tanh", gated_mlp=True, tie_embeddings=False)
   elif arg:
     raise ValueError(f"configs/t5_tiny.py takes '' or 'v1_1', got {arg!r}.")
-  c.train.seq_len = 128
-  # The bundled public-domain Shakespeare corpus; the tokenizer is trained on it on first use.
-  c.data.source = "files"
-  c.data.train_path = "data/shakespeare/train"
-  c.data.eval_path = "data/shakespeare/eval"
-  c.train.batch_size = 16
-  c.train.learning_rate = 3e-3
+  base.train_on_bundled_corpus(c, batch_size=16)
   return c

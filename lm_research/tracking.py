@@ -68,8 +68,9 @@ class WandbSink:
       logging.warning("W&B online init failed (%s); logging offline instead; upload later with "
                       "`wandb sync %s/wandb/offline-run-*`.",
                       _scrub(str(e).splitlines()[0] if str(e) else type(e).__name__), root)
-      self.run = wandb.init(mode="offline", settings=self._settings("offline", c.system_metrics),
-                            **kwargs)
+      mode = "offline"
+      wandb.teardown()  # the failed online run still holds its id in W&B's service process
+      self.run = wandb.init(mode=mode, settings=self._settings(mode, c.system_metrics), **kwargs)
     logging.info("W&B run %s (%s) in %s", self.run.id, mode, root)
 
   def _settings(self, mode: str, system_metrics: bool):

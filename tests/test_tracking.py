@@ -143,6 +143,27 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
   assert [h["train/loss"] for r in runs for h in tracking.offline_history(r)] == [2.0, 1.0]
 
 
+def test_failed_online_init_falls_back_to_offline_without_leaking_the_key(tmp_path, monkeypatch,
+                                                                          caplog):
+  import wandb
+  real_init = wandb.init
+
+  def init(mode, **kwargs):
+    if mode == "online":  # what a bad key or no network looks like
+      raise RuntimeError(f"401 Unauthorized for key {FAKE_KEY}")
+    return real_init(mode=mode, **kwargs)
+
+  monkeypatch.setattr(wandb, "init", init)
+  monkeypatch.setattr(wandb, "teardown", lambda: None)  # no online run was started
+  monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+  sink = tracking.WandbSink(tiny_config(), str(tmp_path), "online")
+  sink.write(1, {"train/loss": 1.0})
+  sink.close()
+  assert sink.run.settings.mode == "offline"
+  assert "logging offline instead" in caplog.text and "<WANDB_API_KEY>" in caplog.text
+  assert FAKE_KEY not in caplog.text
+
+
 def test_disabled_and_non_main_processes_open_no_sinks(tmp_path):
   assert tracking.open_sinks(tiny_config(**{"tensorboard.enabled": False,
                                             "wandb.mode": "disabled"}), str(tmp_path)) == []

@@ -5,7 +5,9 @@ Command:
 The same seed draws the same 6 runs every time (values rounded to 4 significant digits), so a
 rerun skips the finished ones. Synthetic tokens are random, so this sweep shows the machinery
 (and throughput per setting), not which learning rate models language best: for that, drop
-data.source and raise train.steps. About 10 s a run on a laptop CPU.
+data.source and raise train.steps. Measured on a 2-core CPU with --parallel=2: 1 min 19 s for
+the 6 runs; eval/loss stays at ln(4096) = 8.32-8.41 (uniform tokens cannot be learned), and
+the two largest learning rates end highest (8.38, 8.41).
 Export it for W&B agents:
   python -m launch.sweep --config=configs/gpt_tiny.py --sweep=configs/sweeps/gpt_tiny_random.py \
       --export_wandb=runs/sweeps/gpt_tiny_random.yaml

@@ -63,6 +63,16 @@ class WandbSink:
     try:
       self.run = wandb.init(mode=mode, settings=self._settings(mode, c.system_metrics), **kwargs)
     except Exception as e:  # noqa: BLE001  (no network, bad key: never lose the training run)
+      if "in use" in str(e):
+        # A killed run's W&B service process can outlive it and keep holding the id.
+        wandb.teardown()
+        kwargs["id"] = _run_id(workdir, fresh=True)
+        logging.warning("W&B run %s is still held by a killed process; continuing in a new W&B "
+                        "run %s (same group).", run_id, kwargs["id"])
+        self.run = wandb.init(mode=mode, settings=self._settings(mode, c.system_metrics),
+                              **kwargs)
+        logging.info("W&B run %s (%s) in %s", self.run.id, mode, root)
+        return
       if mode != "online":
         raise
       logging.warning("W&B online init failed (%s); logging offline instead; upload later with "
@@ -93,11 +103,11 @@ class WandbSink:
     self.run.finish(exit_code=1 if failed else 0)
 
 
-def _run_id(workdir: str) -> str:
+def _run_id(workdir: str, fresh: bool = False) -> str:
   """The W&B agent's run id, else the one stored in the workdir, else a new one (stored)."""
   path = os.path.join(workdir, RUN_ID_FILE)
-  run_id = os.environ.get("WANDB_RUN_ID", "")  # `wandb agent` assigns the id
-  if not run_id and os.path.exists(path):
+  run_id = "" if fresh else os.environ.get("WANDB_RUN_ID", "")  # `wandb agent` assigns the id
+  if not run_id and not fresh and os.path.exists(path):
     with open(path) as f:
       run_id = f.read().strip()
   run_id = run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits)
@@ -188,9 +198,10 @@ def open_sinks(config: ml_collections.ConfigDict, workdir: str, is_main: bool = 
   if mode != "disabled":
     try:
       sinks.append(WandbSink(config, workdir, mode))
-    except Exception:
-      close_sinks(sinks)
-      raise
+    except Exception as e:  # noqa: BLE001  (a tracker never stops training)
+      logging.warning("W&B could not start (%s); training goes on with metrics.jsonl%s only.",
+                      _scrub(str(e).splitlines()[-1] if str(e) else type(e).__name__),
+                      " and TensorBoard" if sinks else "")
   return sinks
 
 

@@ -5,6 +5,8 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Runs in tests don't track to W&B unless a test asks (tests/test_tracking.py does).
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 

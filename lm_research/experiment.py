@@ -21,7 +21,7 @@ from lm_research.data import inputs
 from lm_research.models import ModelConfig, build_model
 from lm_research.objectives.registry import get_objective
 from lm_research.objectives.span_corruption import random_spans_helper
-from lm_research.optim import OptimConfig, make_optimizer
+from lm_research.optim import OptimConfig
 
 
 @dataclasses.dataclass

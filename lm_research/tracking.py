@@ -99,8 +99,10 @@ class WandbSink:
     del step
 
   def close(self, failed: bool = False) -> None:
-    """Finishes the run (marked failed when training raised)."""
+    """Finishes the run (marked failed when training raised) and stops W&B's service, so the
+    run's files are complete on disk and its id is free for a resumed run."""
     self.run.finish(exit_code=1 if failed else 0)
+    self._wandb.teardown()
 
 
 def _run_id(workdir: str, fresh: bool = False) -> str:

@@ -50,6 +50,22 @@ class MetricsWriter:
       f.writelines(kept)
 
 
+def read_records(workdir: str) -> list[dict]:
+  """Every complete line of WORKDIR/metrics.jsonl as a dict (a line still being written by a
+  live run is skipped); [] when there is no file yet."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
+
+
 def progress_line(step: int, total: int, metrics: Mapping[str, float], seconds_per_step: float,
                   tokens_per_sec: float, mfu: float | None) -> str:
   """'step 40/100 | loss 5.1234 | 12,345 tok/s | 0.120 s/step | MFU 3.2% | ETA 0:01:12'."""

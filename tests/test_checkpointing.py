@@ -15,7 +15,7 @@ from absl import logging
 from flax import nnx
 
 from configs import bert_tiny, gpt_tiny
-from lm_research import pretrained, sharding, train
+from lm_research import pretrained, sharding, train, writers
 from lm_research.models.layout import get_params
 from lm_research.optim import make_optimizer
 
@@ -24,18 +24,6 @@ TINY = {"data.source": "synthetic", "model.vocab_size": 64, "model.d_model": 32,
         "model.d_ff": 64, "model.dropout_rate": 0.1, "train.batch_size": 8, "train.seq_len": 16,
         "eval.every_steps": 0, "train.log_every_steps": 5}
 
-
-
-def _logged_steps(path):
-  """Steps logged so far; a line still being written is skipped."""
-  steps = []
-  if os.path.exists(path):
-    for line in open(path):
-      try:
-        steps.append(json.loads(line)["step"])
-      except ValueError:
-        pass
-  return steps
 
 
 def _config(module=gpt_tiny, **overrides):
@@ -166,12 +154,11 @@ def _cli(workdir, *extra, env=None):
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):
-  path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + timeout
   while time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError("run ended early:\n" + proc.stdout.read()[-2000:])
-    if any(s >= step for s in _logged_steps(path)):
+    if any(r["step"] >= step for r in writers.read_records(workdir)):
       return
     time.sleep(0.05)
   raise AssertionError(f"step {step} never logged")

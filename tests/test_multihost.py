@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from lm_research import writers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
     "train.steps": 8, "checkpoint.every_steps": 2, "eval.every_steps": 4, "eval.steps": 2,
@@ -25,18 +27,6 @@ OVERRIDES = {
     "data.eval_path": "data/shakespeare/eval",
 }
 
-
-
-def _logged_steps(path):
-  """Steps logged so far; a line still being written is skipped."""
-  steps = []
-  if os.path.exists(path):
-    for line in open(path):
-      try:
-        steps.append(json.loads(line)["step"])
-      except ValueError:
-        pass
-  return steps
 
 
 def _free_port() -> int:
@@ -86,9 +76,8 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
 
   multi = str(tmp_path / "multi")
   procs = _two_processes(multi)
-  path = os.path.join(multi, "metrics.jsonl")
   deadline = time.time() + 400
-  while not any(s >= 5 for s in _logged_steps(path)):
+  while not any(r["step"] >= 5 for r in writers.read_records(multi)):
     assert time.time() < deadline and all(p.poll() is None for p in procs), \
         "the 2-process run ended or stalled before step 5"
     time.sleep(0.1)

@@ -17,6 +17,8 @@ Train one from the command line:
 
 from __future__ import annotations
 
+import abc
+
 import io
 import json
 import os
@@ -69,7 +71,7 @@ def _is_cjk(ch: str) -> bool:
           or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
   """Text ↔ ids and the family's special ids; the same interface for every backend."""
 
   family: str
@@ -113,29 +115,29 @@ class Tokenizer:
     for role in _NAMES:
       setattr(self, f"{role}_id", ids[role])
 
+  @abc.abstractmethod
   def encode(self, text: str) -> list[int]:
     """Ids of ``text``, without any special tokens added."""
-    raise NotImplementedError
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """Ids of each text (backends encode a batch in parallel)."""
     return [self.encode(t) for t in texts]
 
+  @abc.abstractmethod
   def decode(self, ids: Iterable[int]) -> str:
     """Text of ``ids``; pad/eos/bos/cls/sep/mask and ids outside the vocabulary are dropped."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def id_to_piece(self, i: int) -> str:
     """The vocabulary entry of id ``i``."""
-    raise NotImplementedError
 
   def is_word_start(self, i: int) -> bool:
     """Whether token ``i`` begins a word (the first token of a text always does)."""
     return bool(self.word_starts[i])
 
+  @abc.abstractmethod
   def save(self, path: str) -> None:
     """Writes the tokenizer to ``path`` so that ``load_tokenizer(path, family)`` restores it."""
-    raise NotImplementedError
 
   def _dropped_on_decode(self) -> set[int]:
     return {i for i in (self.pad_id, self.eos_id, self.bos_id, self.cls_id, self.sep_id,

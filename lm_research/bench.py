@@ -130,13 +130,13 @@ def main(argv: Sequence[str]) -> None:
   del argv
   result = run_bench(_CONFIG.value, batch_size=_BATCH.value, seq_len=_SEQ.value,
                      steps=_STEPS.value, warmup=_WARMUP.value, remat=_REMAT.value)
-  result["config"] = _CONFIG_PATH() or result["config"]
+  result["config"] = _config_path_flag() or result["config"]
   print(format_table(result))
   sys.stdout.flush()
   print(json.dumps(result))
 
 
-def _CONFIG_PATH() -> str:
+def _config_path_flag() -> str:
   """The --config file name as given (without overrides), for the JSON line."""
   for arg in sys.argv[1:]:
     if arg.startswith("--config="):

@@ -14,7 +14,6 @@ import json
 import struct
 import warnings
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from safetensors.numpy import save_file
 
 from lm_research.interop import hf_convert as conv
 from lm_research.models import ModelConfig, build_model
-from lm_research.models.layout import get_params, set_params
+from lm_research.models.layout import flatten, get_params, set_params, unflatten
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -76,26 +75,6 @@ def _weight_files(folder: Path) -> list[Path]:
         ".save_pretrained(folder, safe_serialization=True)).")
   raise ValueError(f"{folder} has no *.safetensors weights next to config.json; download the "
                    "checkpoint's model.safetensors (or all its shards) into that folder.")
-
-
-def _flatten(tree: Any, prefix: tuple = ()):
-  """Yields (path, leaf) pairs of a nested dict."""
-  if isinstance(tree, dict):
-    for key, value in tree.items():
-      yield from _flatten(value, prefix + (key,))
-  else:
-    yield prefix, tree
-
-
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-  """Nested dict from {path: leaf}."""
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
 
 
 def _to_ours(x: np.ndarray, kind: str, cfg: ModelConfig) -> np.ndarray:
@@ -176,7 +155,7 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
   scaled = model_type == "t5" and conv.t5_lm_head(hf, tensors) == "scaled"
   # Shapes only: initialising every weight just to overwrite it costs many small compiles.
   loop_cfg = cfg.replace(scan_layers=False)  # set_params takes the loop layout and stacks it
-  params = dict(_flatten(get_params(nnx.eval_shape(lambda: build_model(loop_cfg, 0)))))
+  params = flatten(get_params(nnx.eval_shape(lambda: build_model(loop_cfg, 0))))
   used, fresh, fresh_paths, missing = set(), [], [], []
   for ours, keys, kind in conv.entries(model_type, cfg, "Ts" if scaled else "T"):
     keys = keys if isinstance(keys, tuple) else (keys,)
@@ -217,7 +196,7 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
   model = nnx.eval_shape(lambda: build_model(cfg, 0))
   if jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param))):
     model = build_model(cfg, 0)  # state besides parameters needs real initial values
-  set_params(model, _unflatten(params))
+  set_params(model, unflatten(params))
   return model, cfg
 
 
@@ -225,7 +204,7 @@ def save(model: nnx.Module, cfg: ModelConfig, path: str | Path) -> None:
   """Writes config.json and model.safetensors that transformers loads with the same outputs."""
   model_type, hf = conv.config_to_hf(cfg)
   arch = hf["architectures"][0]
-  params = dict(_flatten(get_params(model)))
+  params = flatten(get_params(model))
   tensors: dict[str, np.ndarray] = {}
   fused: dict[str, dict[str, np.ndarray]] = {}
   for ours, keys, kind in conv.entries(model_type, cfg):

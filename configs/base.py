@@ -49,10 +49,13 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.steps = 100
   c.train.batch_size = 8  # global batch (all devices, all processes)
   c.train.seq_len = 128  # tokens per example (encoder input length for span corruption)
+  c.train.target_len = 0  # seq2seq decoder length; 0 = span corruption's rule, or seq_len
+  c.train.epochs = 0.0  # > 0: train.steps = ceil(epochs * training examples / batch_size)
   c.train.learning_rate = 1e-3
   c.train.optimizer = "adamw"  # 'adamw' | 'adafactor'
   c.train.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'inverse_sqrt' | 'constant'
   c.train.warmup_steps = 10
+  c.train.warmup_ratio = 0.0  # > 0: warmup_steps = ratio * train.steps (fine-tuning recipes)
   c.train.weight_decay = 0.01  # not applied to biases, norms
   c.train.b1 = 0.9
   c.train.b2 = 0.999
@@ -65,7 +68,10 @@ def get_base() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 50  # 0 disables periodic evaluation
-  c.eval.steps = 4  # batches per evaluation (the same held-out batches every time)
+  c.eval.steps = 4  # batches per evaluation (the same held-out batches); 0 = the whole eval set
+  # Generation metrics (exact match, BLEU, ROUGE-L) of seq2seq / prompt-response runs decode
+  # this many tokens greedily per eval example; 0 = only the loss
+  c.eval.max_new_tokens = 32
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 100  # 0 saves only at the end
@@ -87,6 +93,9 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data dir; '' = WORKDIR/tfds for files, TFDS's default for catalog
   c.data.train_split = ""  # catalog split names; '' = 'train'
   c.data.eval_split = ""  # '' = the catalog table's (validation, test, validation_matched...)
+  # An eval label/tag the training data never shows: 'error' (stop, say which), or
+  # 'count_wrong' (tagging: score those words as errors; the model cannot predict them)
+  c.data.unseen_eval_labels = "error"
   c.data.fields = ""  # catalog features → ours, 'text=sentence,label=label'; '' = known table
   # .model, tokenizer.json, vocab.txt or a folder holding one; '' = WORKDIR/tokenizer.model,
   # trained on the training texts (model.vocab_size pieces at most) when it does not exist
@@ -115,6 +124,19 @@ def get_base() -> ml_collections.ConfigDict:
   c.tensorboard = ml_collections.ConfigDict()
   c.tensorboard.enabled = False  # event files for `tensorboard --logdir`
   c.tensorboard.dir = ""  # '' = WORKDIR/tensorboard
+
+  # --mode=predict: FILE in (plain lines, .tsv with a header, or .jsonl) -> one JSON line out
+  c.predict = ml_collections.ConfigDict()
+  c.predict.input = ""
+  c.predict.output = ""  # '' = WORKDIR/predictions.jsonl
+  c.predict.batch_size = 32
+  c.predict.max_new_tokens = 64  # generation: decoding options (lm_research/decoding.py)
+  c.predict.strategy = "greedy"  # 'greedy' | 'sample' | 'beam'
+  c.predict.temperature = 1.0
+  c.predict.top_k = 0  # 0 = off
+  c.predict.top_p = 1.0  # 1.0 = off
+  c.predict.num_beams = 4
+  c.predict.length_penalty = 1.0
 
   # A jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile/
   # (open with TensorBoard's profile plugin or Perfetto); process 0 only.

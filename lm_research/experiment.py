@@ -19,9 +19,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lm_research import sharding, steps
 from lm_research.data import inputs
 from lm_research.models import ModelConfig, build_model
-from lm_research.objectives.registry import get_objective
+from lm_research.objectives.registry import TASKS, get_objective
 from lm_research.objectives.span_corruption import random_spans_helper
 from lm_research.optim import OptimConfig
+from lm_research.tasks import examples as task_examples
+from lm_research.tasks import evaluate as task_eval
+from lm_research.tasks import setup as task_setup
 
 
 @dataclasses.dataclass
@@ -36,23 +39,38 @@ class Experiment:
   objective: Any
   workdir: str = ""
   tokenizer: Any = None  # None for synthetic data
+  labels: list[str] | None = None  # class or tag names in id order (classification, tagging)
 
   @property
   def target_len(self) -> int:
-    """Decoder length for encoder-decoder batches (T5's 512 -> 114 rule), else 0."""
+    """Decoder length for encoder-decoder batches (T5's 512 -> 114 rule, or set), else 0."""
     if self.model_cfg.family != "encoder_decoder":
       return 0
+    if self.config.train.target_len:
+      return self.config.train.target_len
+    if self.config.objective == "seq2seq":
+      return self.config.train.seq_len
     return random_spans_helper(self.config.train.seq_len)[1]
+
+  @property
+  def task(self) -> str:
+    """'classification' | 'tagging' | 'seq2seq' | 'prompt_response', or '' for pretraining."""
+    if self.config.objective in TASKS:
+      return self.config.objective
+    return "prompt_response" if task_setup.is_finetuning(self.config) else ""
 
 
 def make_experiment(config: ml_collections.ConfigDict, devices: list | None = None,
                     workdir: str = "") -> Experiment:
   """Turns the config into typed parts and checks mesh, batch and model fit together; then
-  gets (or trains) the tokenizer for real data."""
+  gets (or trains) the tokenizer for real data. A fine-tuning config is completed first
+  (tasks/setup.py: pretrained body and tokenizer, labels, steps from epochs)."""
+  labels = task_setup.prepare(config, workdir)
   model_cfg = ModelConfig.from_dict(config.model)
   objective = get_objective(config.objective)
-  if objective.family != model_cfg.family:
-    raise ValueError(f"objective={config.objective!r} trains a {objective.family} model but "
+  if model_cfg.family not in objective.families:
+    raise ValueError(f"objective={config.objective!r} trains {' or '.join(objective.families)} "
+                     f"models but "
                      f"model.family={model_cfg.family!r}; pick a matching config.")
   if config.train.on_nan not in ("stop", "skip"):
     raise ValueError(f"train.on_nan={config.train.on_nan!r} is not one of stop, skip.")
@@ -66,8 +84,10 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   if config.train.batch_size % jax.process_count():
     raise ValueError(f"train.batch_size={config.train.batch_size} does not split over "
                      f"{jax.process_count()} processes; make it a multiple of the process count.")
-  if config.eval.every_steps and config.eval.steps < 1:
-    raise ValueError("eval.steps must be at least 1 when eval.every_steps is set.")
+  if config.eval.every_steps and config.eval.steps < (0 if labels is not None or
+                                                      task_setup.is_finetuning(config) else 1):
+    raise ValueError("eval.steps must be at least 1 (0 = the whole eval set, fine-tuning only) "
+                     "when eval.every_steps is set.")
   tokenizer = None
   if config.data.source != "synthetic":
     tokenizer = inputs.get_tokenizer(config, model_cfg.family, workdir)
@@ -75,7 +95,7 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
       config=config, model_cfg=model_cfg, optim_cfg=OptimConfig.from_train_config(config.train),
       step_cfg=steps.StepConfig(grad_accum_steps=config.train.grad_accum_steps,
                                 z_loss=config.train.z_loss),
-      mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer)
+      mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer, labels=labels)
 
 
 def state_layout(exp: Experiment, tx):
@@ -122,23 +142,55 @@ def compile_steps(exp: Experiment, graphdef, state_sh, tx, schedule):
   return train, evaluate
 
 
+def task_rows(exp: Experiment):
+  """The fine-tuning row builder of ``exp`` (tasks/examples.py), or None when pretraining."""
+  c, family = exp.config, exp.model_cfg.family
+  ids = {name: i for i, name in enumerate(exp.labels or [])}
+  if exp.task == "classification":
+    return task_examples.ClassificationExamples(exp.tokenizer, family, c.train.seq_len, ids)
+  if exp.task == "tagging":
+    return task_examples.TaggingExamples(exp.tokenizer, family, c.train.seq_len, ids)
+  if exp.task == "seq2seq":
+    return task_examples.Seq2SeqExamples(exp.tokenizer, c.train.seq_len, exp.target_len)
+  if exp.task == "prompt_response":
+    return task_examples.PromptResponseExamples(exp.tokenizer, c.train.seq_len)
+  return None
+
+
 def make_batches(exp: Experiment, split: str) -> Iterator[dict]:
   """This process's host batches for ``split`` ('train' endless, 'eval' a fixed pass)."""
   return inputs.make_batches(exp.config, exp.model_cfg.family, split, exp.workdir,
-                             exp.tokenizer)
+                             exp.tokenizer, examples=task_rows(exp))
 
 
-def run_eval(exp: Experiment, evaluate, params) -> dict[str, float]:
-  """Averages every metric over ``eval.steps`` eval batches (sums of numerators/denominators)."""
+def _loss_metrics(exp: Experiment, evaluate, params, batches) -> dict[str, float]:
+  """Every objective metric, as sums of numerators over sums of denominators."""
   nums: dict = {}
   dens: dict = {}
-  for host_batch in inputs.eval_batches(exp.config, make_batches(exp, "eval"),
-                                          exp.config.eval.steps):
+  for host_batch in batches:
     batch = sharding.global_batch(exp.mesh, host_batch)
     n, d = jax.device_get(evaluate(params, batch))
     nums = {k: nums.get(k, 0.0) + float(v) for k, v in n.items()}
     dens = {k: dens.get(k, 0.0) + float(v) for k, v in d.items()}
-  ratios = exp.objective.ratios(nums, dens)
-  return {f"eval/{k}": float(v) for k, v in ratios.items()}
+  return {k: float(v) for k, v in exp.objective.ratios(nums, dens).items()}
 
 
+def run_eval(exp: Experiment, evaluate, params, graphdef=None, step: int = 0) -> dict[str, float]:
+  """Eval metrics: the objective's over ``eval.steps`` batches (pretraining), or the task's
+  over the whole eval set (fine-tuning; ``eval.steps`` > 0 caps the batches)."""
+  c = exp.config
+  if exp.task in ("classification", "tagging"):
+    fn = (task_eval.classification_metrics if exp.task == "classification"
+          else task_eval.tagging_metrics)
+    metrics = fn(exp, graphdef, params, make_batches(exp, "eval"), step)
+  elif exp.task:
+    metrics = _loss_metrics(exp, evaluate, params,
+                            task_eval.synchronised(make_batches(exp, "eval"), c.eval.steps))
+    if c.eval.max_new_tokens:
+      from lm_research.data import sources  # noqa: PLC0415
+      metrics.update(task_eval.generation_metrics(
+          exp, graphdef, params, sources.open_source(c.data, "eval", exp.workdir)))
+  else:
+    metrics = _loss_metrics(exp, evaluate, params,
+                            inputs.eval_batches(c, make_batches(exp, "eval"), c.eval.steps))
+  return {f"eval/{k}": float(v) for k, v in metrics.items()}

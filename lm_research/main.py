@@ -1,7 +1,7 @@
 """Entry point: flags -> config -> distributed init -> train or evaluate.
 
   python -m lm_research.main --config=configs/gpt_tiny.py --workdir=runs/gpt_tiny \\
-      [--mode=train|eval] [--config.train.steps=200 ...]
+      [--mode=train|eval|predict] [--config.train.steps=200 ...]
 Multi-process without a cluster manager:
   ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 """
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to run.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total number of processes.")
@@ -70,8 +70,10 @@ def main(argv: list[str]) -> None:
   _write_config(config, _WORKDIR.value)
   if _MODE.value == "train":
     train.train_and_evaluate(config, _WORKDIR.value)
-  else:
+  elif _MODE.value == "eval":
     train.evaluate_only(config, _WORKDIR.value)
+  else:
+    train.predict_only(config, _WORKDIR.value)
 
 
 def _flag_error_line(error: BaseException, argv: list[str]) -> str:

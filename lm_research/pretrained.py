@@ -29,32 +29,60 @@ def _strip_variables(tree: Any) -> Any:
   return tree
 
 
-def _native_params(path: str) -> dict:
-  """Parameters of the latest step of a native checkpoint (workdir, checkpoints/ or step dir)."""
+def is_hugging_face(path: str) -> bool:
+  """A Hugging Face folder (config.json, no checkpoints/) rather than a native checkpoint."""
+  return (os.path.isfile(os.path.join(path, "config.json"))
+          and not os.path.isdir(os.path.join(path, "checkpoints")))
+
+
+def _native_step(path: str) -> tuple[str, int]:
+  """(checkpoints directory, step) of a workdir, its checkpoints/ folder or a step folder."""
+  if not os.path.exists(path):
+    raise ValueError(f"init_from={path!r} does not exist; give a workdir, a checkpoint or a "
+                     "Hugging Face folder (config.json + *.safetensors).")
   directory = os.path.abspath(path)
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     directory = os.path.join(directory, "checkpoints")
-  step = None
   if os.path.basename(directory).isdigit() and os.path.isdir(os.path.join(directory, "state")):
-    directory, step = os.path.dirname(directory), int(os.path.basename(directory))
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
-  step = manager.latest_step() if step is None else step
-  if step is None:
+    return os.path.dirname(directory), int(os.path.basename(directory))
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  if not steps:
     raise ValueError(f"init_from={path!r} holds no checkpoint; point it at a workdir, its "
                      "checkpoints/ folder, a step folder, or a Hugging Face folder.")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
+  return directory, max(steps)
+
+
+def native_config(path: str) -> dict:
+  """The experiment config saved with a native checkpoint (its model, data and tokenizer)."""
+  directory, step = _native_step(path)
+  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return dict(restored.config)
+
+
+def workdir_of(path: str) -> str:
+  """The run directory that holds a native checkpoint (where its tokenizer.model lives)."""
+  return os.path.dirname(_native_step(path)[0])
+
+
+def _native_params(path: str) -> dict:
+  """Parameters of the latest step of a native checkpoint (workdir, checkpoints/ or step dir)."""
+  directory, step = _native_step(path)
+  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
   logging.info("init_from: native checkpoint %s/%d", directory, step)
   return unstack_layers(_strip_variables(restored.state["params"]))
 
 
 def _source_params(path: str) -> dict:
   """Loop-layout parameters from a native checkpoint or a Hugging Face folder."""
-  if not os.path.exists(path):
-    raise ValueError(f"init_from={path!r} does not exist; give a workdir, a checkpoint or a "
-                     "Hugging Face folder (config.json + *.safetensors).")
-  config_path = os.path.join(path, "config.json")
-  if os.path.isfile(config_path) and not os.path.isdir(os.path.join(path, "checkpoints")):
+  if is_hugging_face(path):
     from lm_research.interop import hf  # noqa: PLC0415  (torch-free, but only needed here)
     model, _ = hf.load(path)
     return get_params(model)
@@ -71,6 +99,11 @@ def merge_params(target: dict, source: dict) -> tuple[dict, list[str], list[str]
       missing.append(".".join(map(str, path)))
       continue
     loaded = np.asarray(flat_source[path])
+    if loaded.shape != tuple(value.shape) and path[0] == "classifier":
+      # A task head for another label set (e.g. a sentiment model fine-tuned anew) starts fresh.
+      merged[path] = value
+      missing.append(".".join(map(str, path)))
+      continue
     if loaded.shape != tuple(value.shape):
       raise ValueError(f"init_from: parameter {'.'.join(map(str, path))} has shape "
                        f"{loaded.shape} in the checkpoint but {tuple(value.shape)} in the model; "

@@ -56,13 +56,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with sharding.active_mesh(exp.mesh):
       graphdef, state, state_sh, data_state, start = _initial_state(exp, tx, ckpt)
       train, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
-      return _loop(exp, state, data_state, start, train, evaluate, workdir, ckpt, preempted,
-                   sinks, profiler)
+      return _loop(exp, graphdef, state, data_state, start, train, evaluate, workdir, ckpt,
+                   preempted, sinks, profiler)
   finally:
     preempted.uninstall()
     ckpt.close()
     profiler.stop()
     tracking.close_sinks(sinks)  # marks the W&B run failed if training raised
+
+
+def _trained_state(exp: Experiment, tx, ckpt: Checkpointer):
+  """(graphdef, state, shardings, step) of the latest checkpoint, or of init_from's weights."""
+  graphdef, state, state_sh, _, step = _initial_state(exp, tx, ckpt)
+  if step == 0 and not exp.config.init_from:
+    raise ValueError(f"No checkpoint in {ckpt.directory} and no init_from: train first, "
+                     "or pass --config.init_from=PATH.")
+  return graphdef, state, state_sh, step
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
@@ -73,12 +82,9 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
   try:
     with sharding.active_mesh(exp.mesh):
-      graphdef, state, state_sh, _, step = _initial_state(exp, tx, ckpt)
-      if step == 0 and not config.init_from:
-        raise ValueError(f"No checkpoint in {ckpt.directory} and no init_from: train first, "
-                         "or pass --config.init_from=PATH.")
+      graphdef, state, state_sh, step = _trained_state(exp, tx, ckpt)
       _, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
-      metrics = run_eval(exp, evaluate, state.params)
+      metrics = run_eval(exp, evaluate, state.params, graphdef, step)
   finally:
     ckpt.close()
   writers.MetricsWriter(workdir, is_main=jax.process_index() == 0).write(step, metrics)
@@ -87,7 +93,26 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
   return metrics
 
 
-def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
+def predict_only(config: ml_collections.ConfigDict, workdir: str,
+                 devices: list | None = None) -> str:
+  """``--mode=predict``: applies the latest checkpoint to ``predict.input``; returns the
+  output path (lm_research/predict.py)."""
+  from lm_research import predict  # noqa: PLC0415  (decoding is imported only when needed)
+  if not config.predict.input:
+    raise ValueError("--mode=predict needs --config.predict.input=FILE (lines, .tsv or .jsonl)")
+  exp = make_experiment(config, devices, workdir)
+  predict.prediction_kind(exp)  # a run with nothing to predict fails before any restoring
+  tx, _ = make_optimizer(exp.optim_cfg)
+  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  try:
+    with sharding.active_mesh(exp.mesh):
+      graphdef, state, _, step = _trained_state(exp, tx, ckpt)
+      return predict.run(exp, graphdef, state.params, step)
+  finally:
+    ckpt.close()
+
+
+def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir, ckpt,
           preempted, sinks=(), profiler=None) -> dict[str, float]:
   """Runs the steps; fetches step N's metrics after dispatching step N+1 (no host stall)."""
   c = exp.config
@@ -101,7 +126,7 @@ def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
   pending = None  # (step number, device metrics) not yet fetched
   last: dict[str, float] = {}
   if start_step == 0 and c.eval.every_steps:  # the untrained baseline, for comparison
-    last = run_eval(exp, evaluate, state.params)
+    last = run_eval(exp, evaluate, state.params, graphdef, 0)
     writer.write(0, last)
   for step in range(start_step + 1, c.train.steps + 1):
     batch = sharding.global_batch(exp.mesh, next(batches))
@@ -117,7 +142,7 @@ def _loop(exp, state, data_state, start_step, train, evaluate, workdir, ckpt,
     if c.eval.every_steps and (step % c.eval.every_steps == 0 or final):
       last = _report(exp, pending, None, meter)
       pending = None
-      last.update(run_eval(exp, evaluate, state.params))
+      last.update(run_eval(exp, evaluate, state.params, graphdef, step))
       writer.write(step, last)  # train and eval metrics of this step in one JSON line
       writers.log_progress(f"eval at step {step}: " + ", ".join(
           f"{k} {v:.4f}" for k, v in last.items() if k.startswith("eval/")), is_main)

@@ -116,8 +116,12 @@ class ShardedBatches:
       it.set_state(shard_state)
 
 
-def make_batches(config, family: str, split: str, workdir: str, tokenizer=None) -> Iterator[dict]:
-  """This process's host batches: 'train' endless and checkpointable, 'eval' one fixed pass."""
+def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
+                 examples=None) -> Iterator[dict]:
+  """This process's host batches: 'train' endless and checkpointable, 'eval' one fixed pass.
+
+  ``examples``: a fine-tuning row builder (tasks/examples.py) instead of the objective's.
+  """
   process_index, process_count = jax.process_index(), jax.process_count()
   seed = config.seed if split == "train" else config.seed + EVAL_SEED_OFFSET
   if config.data.source == "synthetic":
@@ -138,7 +142,8 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None) 
     return make(source, tokenizer, config.objective, seq_len=config.train.seq_len,
                 batch_size=config.train.batch_size // num_shards, seed=seed,
                 process_index=shard, process_count=num_shards,
-                worker_count=config.data.worker_count, **_pipeline_options(config))
+                worker_count=config.data.worker_count, examples=examples,
+                **_pipeline_options(config))
 
   shards = range(process_index * per_process, (process_index + 1) * per_process)
   return ShardedBatches(make_shard, shards, finite=split != "train")

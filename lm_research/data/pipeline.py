@@ -85,9 +85,9 @@ class _BuildExamples(grain.transforms.Map):
 
   _CACHED_DOCUMENTS = 64  # NSP's random documents; reading and splitting one costs ~3 ms
 
-  def __init__(self, source, tokenizer, objective: str, builder, seed: int):
+  def __init__(self, source, tokenizer, objective: str, builder, seed: int, examples=None):
     self.source, self.tokenizer, self.objective = source, tokenizer, objective
-    self.builder, self.seed = builder, seed
+    self.builder, self.seed, self.examples = builder, seed, examples
     self._new_cache()
 
   def _new_cache(self):
@@ -116,6 +116,8 @@ class _BuildExamples(grain.transforms.Map):
 
   def map(self, element: tuple[int, int]) -> list[dict[str, np.ndarray]]:
     global_index, doc_index = element
+    if self.examples is not None:  # a fine-tuning record: rows without randomness
+      return self.examples(self.source[doc_index], doc_index)
     # Seeded by the global index: the same example gets the same masks after a restore, and
     # another epoch (a larger index) gets new ones.
     rng = np.random.default_rng([self.seed, global_index])
@@ -171,9 +173,9 @@ def _make_builder(objective: str, tokenizer, seq_len: int, options: dict):
 
 
 def _check_args(source, objective, seq_len, batch_size, process_index, process_count,
-                worker_count):
+                worker_count, examples):
   """Bad arguments end here, in one sentence each, before any work."""
-  if objective not in OBJECTIVES:
+  if objective not in OBJECTIVES and examples is None:
     raise ValueError(f"Unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}.")
   if len(source) == 0:
     raise ValueError("The data source has no documents; check data.train_path/data.eval_path.")
@@ -188,12 +190,17 @@ def _check_args(source, objective, seq_len, batch_size, process_index, process_c
 def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size: int, seed: int,
                   shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
                   process_count: int = 1, worker_count: int = 0, read_threads: int = 2,
-                  shuffle_window: int = 1024, pad_last_batch: bool = False,
+                  shuffle_window: int = 1024, pad_last_batch: bool = False, examples=None,
                   **options) -> grain.IterDataset:
-  """The pipeline as a Grain IterDataset (``make_pipeline`` iterates it)."""
+  """The pipeline as a Grain IterDataset (``make_pipeline`` iterates it).
+
+  ``examples``: a fine-tuning row builder, ``(record, index) -> [row, ...]``
+  (tasks/examples.py); it replaces the objective's own construction and packing.
+  """
   _check_args(source, objective, seq_len, batch_size, process_index, process_count,
-              worker_count)
-  builder = _make_builder(objective, tokenizer, seq_len, options)
+              worker_count, examples)
+  builder = None if examples is not None else _make_builder(objective, tokenizer, seq_len,
+                                                             options)
   ds = grain.MapDataset.range(len(source))
   if shuffle:
     ds = ds.shuffle(seed)
@@ -201,7 +208,7 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
     ds = ds.repeat(num_epochs)
   ds = ds.map_with_index(_Tag())
   ds = ds[process_index::process_count]
-  ds = ds.map(_BuildExamples(source, tokenizer, objective, builder, seed))
+  ds = ds.map(_BuildExamples(source, tokenizer, objective, builder, seed, examples))
   # An element is a whole document's examples, so keep the read-ahead buffer short.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=max(2 * read_threads, 1)))
@@ -209,13 +216,14 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
   mix = shuffle and shuffle_window > 1
   # Its own seed: the document shuffle already uses seed + epoch with the same permutation code.
   window_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
-  if objective == "causal_lm":
+  packed = examples is None  # fine-tuning rows are one record each (padded), never packed
+  if packed and objective == "causal_lm":
     ds = packing.concat_then_split(ds, {"input_ids": seq_len, "targets": seq_len})
     if mix:  # rows, so one long document does not fill a whole batch
       ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
                                                        seed=window_seed)
     ds = ds.map(_Finalize(causal_lm.finalize_packed))
-  elif objective == "span_corruption":
+  elif packed and objective == "span_corruption":
     if mix:  # pieces, before packing, so rows mix documents
       ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
                                                        seed=window_seed)
@@ -243,7 +251,7 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
 def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
                   seed: int, shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, worker_count: int = 0,
-                  **options) -> grain.DatasetIterator:
+                  examples=None, **options) -> grain.DatasetIterator:
   """Training batches of ``objective`` from this process's share of ``source`` (checkpointable).
 
   Repeats forever unless ``num_epochs`` is set; ``get_state``/``set_state`` save and restore
@@ -255,12 +263,12 @@ def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size
   return iter(build_dataset(
       source, tokenizer, objective, seq_len=seq_len, batch_size=batch_size, seed=seed,
       shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
-      process_count=process_count, worker_count=worker_count, **options))
+      process_count=process_count, worker_count=worker_count, examples=examples, **options))
 
 
 def make_eval_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
                        seed: int = 0, process_index: int = 0, process_count: int = 1,
-                       worker_count: int = 0, **options) -> grain.DatasetIterator:
+                       worker_count: int = 0, examples=None, **options) -> grain.DatasetIterator:
   """One ordered pass over this process's share of ``source`` with fixed masks, padded at the end.
 
   The last batch is filled with all-zero rows (weight 0 everywhere) so no example is lost.
@@ -268,4 +276,4 @@ def make_eval_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch
   return iter(build_dataset(
       source, tokenizer, objective, seq_len=seq_len, batch_size=batch_size, seed=seed,
       shuffle=False, num_epochs=1, process_index=process_index, process_count=process_count,
-      worker_count=worker_count, pad_last_batch=True, **options))
+      worker_count=worker_count, pad_last_batch=True, examples=examples, **options))

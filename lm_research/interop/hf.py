@@ -123,9 +123,8 @@ def _fresh(leaf: str, shape: tuple, cfg: ModelConfig, rng: np.random.Generator) 
   return rng.normal(0.0, cfg.initializer_range, shape).astype(np.float32)
 
 
-def load(path: str | Path, head: str | None = None, dtype: str | None = None,
-         scan_layers: bool = False) -> tuple[nnx.Module, ModelConfig]:
-  """Builds the NNX model of a Hugging Face BERT / GPT-2 / T5 folder; returns (model, cfg)."""
+def _read_folder(path: str | Path, head: str | None):
+  """(folder, config.json dict, model type, memory-mapped tensors, our ModelConfig)."""
   folder = Path(path)
   folder = folder.parent if folder.name == "config.json" else folder
   if not (folder / "config.json").is_file():
@@ -150,6 +149,19 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
   except KeyError as e:
     raise ValueError(f"{folder}/config.json lacks {e}, which {model_type} needs; use the "
                      "config.json that came with the checkpoint.") from None
+  return folder, hf, model_type, tensors, cfg
+
+
+def read_config(path: str | Path, head: str | None = None) -> ModelConfig:
+  """The ModelConfig of a Hugging Face folder, without building the model (weights stay mapped)."""
+  return _read_folder(path, head)[-1]
+
+
+def load(path: str | Path, head: str | None = None, dtype: str | None = None,
+         scan_layers: bool = False) -> tuple[nnx.Module, ModelConfig]:
+  """Builds the NNX model of a Hugging Face BERT / GPT-2 / T5 folder; returns (model, cfg)."""
+  folder, hf, model_type, tensors, cfg = _read_folder(path, head)
+  head = cfg.head
   cfg = cfg.replace(scan_layers=scan_layers,
                     **({"dtype": jnp.dtype(dtype).name} if dtype is not None else {}))
   scaled = model_type == "t5" and conv.t5_lm_head(hf, tensors) == "scaled"

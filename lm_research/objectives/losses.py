@@ -23,7 +23,7 @@ class Objective:
   """What a training objective tells the engine."""
 
   name: str
-  family: str  # the model family it trains
+  families: tuple[str, ...]  # the model families it trains
   numerators: Callable  # (model, batch, dropout_rng, z_loss) -> {term: sum}
   denominators: Callable[[Batch], dict]  # batch -> {denominator name: count}
   terms: Mapping[str, str]  # metric term -> name of its denominator

@@ -1,4 +1,5 @@
-"""The pretraining objectives by name: 'causal_lm', 'mlm_nsp', 'span_corruption'.
+"""The objectives by name: pretraining 'causal_lm', 'mlm_nsp', 'span_corruption'; fine-tuning
+'classification', 'tagging', 'seq2seq' (and 'causal_lm' again, on new text or prompt/response).
 
 Each objective's module holds its example construction and its loss; this table tells the
 engine which is which. Batch formats (host batches of numpy arrays; the pipeline's contract):
@@ -7,35 +8,59 @@ engine which is which. Batch formats (host batches of numpy arrays; the pipeline
                    nsp_labels, nsp_weights [B]
   span_corruption: input_ids, segment_ids, positions [B, S]; decoder_input_ids, targets,
                    decoder_segment_ids, decoder_positions, loss_mask [B, T]
+  classification:  input_ids, attention_mask, token_type_ids [B, T]; label, weight, index [B]
+  tagging:         input_ids, attention_mask, token_type_ids, tags, tag_weights [B, T];
+                   labelled, index, word_offset [B]
+  seq2seq:         the span_corruption format, one (input, target) pair per row; index [B]
+Fine-tuning rows carry ``index``, the record they came from (tasks/examples.py).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from lm_research.objectives import causal_lm, masked_lm, span_corruption
+from lm_research.objectives import causal_lm, classification, masked_lm, span_corruption
 from lm_research.objectives.losses import Objective, lm_denominators
 
 _LM_TERMS = {"loss": "tokens", "ce": "tokens", "accuracy": "tokens"}
 
 OBJECTIVES = {
     "causal_lm": Objective(
-        name="causal_lm", family="decoder", numerators=causal_lm.loss_numerators,
+        name="causal_lm", families=("decoder",), numerators=causal_lm.loss_numerators,
         denominators=lm_denominators, terms=_LM_TERMS, loss_terms=("loss",),
         tokens=lambda b: jnp.sum(b["segment_ids"] != 0)),
     "mlm_nsp": Objective(
-        name="mlm_nsp", family="encoder", numerators=masked_lm.loss_numerators,
+        name="mlm_nsp", families=("encoder",), numerators=masked_lm.loss_numerators,
         denominators=masked_lm.loss_denominators,
         terms={"mlm_loss": "masked", "mlm_accuracy": "masked", "nsp_loss": "examples",
                "nsp_accuracy": "examples"},
         loss_terms=("mlm_loss", "nsp_loss"),
         tokens=lambda b: jnp.sum(b["attention_mask"])),
     "span_corruption": Objective(
-        name="span_corruption", family="encoder_decoder",
+        name="span_corruption", families=("encoder_decoder",),
+        numerators=span_corruption.loss_numerators, denominators=lm_denominators,
+        terms=_LM_TERMS, loss_terms=("loss",),
+        tokens=lambda b: jnp.sum(b["segment_ids"] != 0) + jnp.sum(b["decoder_segment_ids"] != 0)),
+    "classification": Objective(
+        name="classification", families=("encoder", "decoder"),
+        numerators=classification.sequence_numerators,
+        denominators=classification.sequence_denominators,
+        terms={"loss": "examples", "accuracy": "examples"}, loss_terms=("loss",),
+        tokens=lambda b: jnp.sum(b["attention_mask"])),
+    "tagging": Objective(
+        name="tagging", families=("encoder", "decoder"),
+        numerators=classification.token_numerators,
+        denominators=classification.token_denominators,
+        terms={"loss": "words", "token_accuracy": "words"}, loss_terms=("loss",),
+        tokens=lambda b: jnp.sum(b["attention_mask"])),
+    "seq2seq": Objective(
+        name="seq2seq", families=("encoder_decoder",),
         numerators=span_corruption.loss_numerators, denominators=lm_denominators,
         terms=_LM_TERMS, loss_terms=("loss",),
         tokens=lambda b: jnp.sum(b["segment_ids"] != 0) + jnp.sum(b["decoder_segment_ids"] != 0)),
 }
+# The fine-tuning objectives: their data are labelled records, evaluated with task metrics.
+TASKS = ("classification", "tagging", "seq2seq")
 
 
 def get_objective(name: str) -> Objective:

@@ -1,0 +1,1 @@
+"""Fine-tuning tasks: examples, set-up from a pretrained body, evaluation with task metrics."""

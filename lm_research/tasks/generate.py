@@ -1,0 +1,74 @@
+"""Texts in, generated texts out: prompts encoded for the family, decoded in fixed-shape batches.
+
+Every batch has the same shape (the last one is padded with empty prompts), so one compiled
+decoding function serves a whole eval set or predict file.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lm_research import decoding
+
+
+def prompt_length(exp, max_new_tokens: int) -> int:
+  """Prompt tokens per row: seq_len, and for learned positions what leaves room to generate."""
+  cfg, seq_len = exp.model_cfg, exp.config.train.seq_len
+  if cfg.family == "decoder" and cfg.position == "learned":
+    room = cfg.max_len - max_new_tokens
+    if room < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                       f"model.max_len={cfg.max_len}; lower it")
+    return min(seq_len, room)
+  return seq_len
+
+
+def encode_prompts(tokenizer, family: str, texts: Sequence[str],
+                   length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded (ids, mask) [N, length]: T5 inputs end in EOS; decoder prompts start with
+  BOS and keep their last tokens when too long (the end is what the continuation follows)."""
+  ids = np.full((len(texts), length), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(texts), length), np.int32)
+  bos = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
+  for i, text in enumerate(texts):
+    tokens = tokenizer.encode(text)
+    if family == "encoder_decoder":
+      row = tokens[:length - 1] + [tokenizer.eos_id]
+    else:
+      row = ([bos] + tokens)[-length:]
+    ids[i, :len(row)] = row
+    mask[i, :len(row)] = 1
+  return ids, mask
+
+
+def decode_config(exp, max_new_tokens: int, **options) -> decoding.DecodeConfig:
+  """Decoding options with the tokenizer's EOS and padding."""
+  tok = exp.tokenizer
+  return decoding.DecodeConfig(max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
+                               pad_id=tok.pad_id, **options)
+
+
+def generate_texts(exp, graphdef, params, texts: Sequence[str], *, batch_size: int,
+                   max_new_tokens: int, seed: int = 0, **options) -> list[str]:
+  """The generated continuation (decoder) or output (T5) of each text, as text."""
+  model = nnx.merge(graphdef, params)
+  cfg = decode_config(exp, max_new_tokens, **options)
+  length = prompt_length(exp, max_new_tokens)
+  ids, mask = encode_prompts(exp.tokenizer, exp.model_cfg.family, texts, length)
+  outputs = []
+  for start in range(0, len(texts), batch_size):
+    rows = slice(start, start + batch_size)
+    n = len(ids[rows])
+    batch_ids = np.zeros((batch_size, length), np.int32)
+    batch_mask = np.zeros((batch_size, length), np.int32)
+    batch_ids[:n], batch_mask[:n] = ids[rows], mask[rows]
+    batch_mask[n:, 0] = 1  # padding rows: a one-token prompt, so every row is well defined
+    out = decoding.generate(model, batch_ids, batch_mask, cfg,
+                            rng=jax.random.fold_in(jax.random.key(seed), start))
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    outputs += [exp.tokenizer.decode(tokens[i, :lengths[i]].tolist()) for i in range(n)]
+  return outputs

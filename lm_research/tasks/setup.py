@@ -1,0 +1,140 @@
+"""A fine-tuning run's set-up, before anything is compiled: body, tokenizer, labels, length.
+
+``prepare(config, workdir)`` fills in what a researcher should not have to type:
+  - the model's architecture from ``init_from`` (a native checkpoint's saved config, or a
+    Hugging Face config.json), keeping the task's head and the run's dtype/remat/scan choices;
+  - the pretrained tokenizer (a fine-tune never trains a new one);
+  - the label set from the training data (saved as WORKDIR/labels.json, so ids stay fixed on
+    resume and at predict time), checked against the eval data, and ``model.num_labels``;
+  - ``train.steps`` from ``train.epochs`` and ``train.warmup_steps`` from ``train.warmup_ratio``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from absl import logging
+
+from lm_research import pretrained
+from lm_research.objectives.registry import TASKS
+
+# ModelConfig fields the run decides; every other one comes from the pretrained body.
+RUN_FIELDS = ("head", "num_labels", "dtype", "param_dtype", "remat", "scan_layers")
+HEADS = {"classification": "sequence_classification", "tagging": "token_classification"}
+LABEL_FIELDS = {"classification": "label", "tagging": "tags"}
+
+
+def is_finetuning(config) -> bool:
+  """A task objective, or causal LM on prompt/response pairs."""
+  return config.objective in TASKS or (config.objective == "causal_lm"
+                                       and config.data.kind == "seq2seq")
+
+
+def _pretrained_model(path: str) -> dict:
+  """The pretrained body's ModelConfig fields."""
+  if pretrained.is_hugging_face(path):
+    from lm_research.interop import hf  # noqa: PLC0415
+    return hf.read_config(path).to_dict()
+  return dict(pretrained.native_config(path)["model"])
+
+
+def _pretrained_tokenizer(path: str) -> str:
+  """Where the tokenizer of ``init_from`` is."""
+  if pretrained.is_hugging_face(path):
+    return path
+  saved = pretrained.native_config(path).get("data", {}).get("tokenizer_path", "")
+  found = saved or os.path.join(pretrained.workdir_of(path), "tokenizer.model")
+  if not os.path.exists(found):
+    raise ValueError(f"init_from={path!r} has no tokenizer at {found}; set "
+                     "data.tokenizer_path to the tokenizer the model was pretrained with")
+  return found
+
+
+def _checkpointed(workdir: str) -> bool:
+  """Whether the run's own workdir already holds a checkpoint (a resume, eval or predict)."""
+  try:
+    pretrained.native_config(workdir)
+  except (ValueError, FileNotFoundError):
+    return False
+  return True
+
+
+def adopt_pretrained(config, path: str) -> None:
+  """Sets config.model (but the run's own fields) and data.tokenizer_path from ``path``."""
+  if not os.path.exists(path):
+    raise ValueError(f"init_from={path!r} does not exist; pretrain it first (e.g. `python -m "
+                     "lm_research.main --config=configs/bert_tiny.py --workdir=runs/bert_tiny`) "
+                     "or point --config.init_from at a workdir or a Hugging Face folder")
+  for key, value in _pretrained_model(path).items():
+    if key in config.model and key not in RUN_FIELDS:
+      config.model[key] = value
+  if not config.data.tokenizer_path and config.data.source != "synthetic":
+    config.data.tokenizer_path = _pretrained_tokenizer(path)
+
+
+def _labels(config, workdir: str, field: str) -> list[str]:
+  """The run's label names: WORKDIR/labels.json if training made it, else the training data's."""
+  from lm_research.data import formats, sources  # noqa: PLC0415  (TFDS only when needed)
+  path = os.path.join(workdir, "labels.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)["labels"]
+  train = sources.open_source(config.data, "train", workdir)
+  labels = sources.label_vocab(train, field)
+  try:
+    evaluation = sources.open_source(config.data, "eval", workdir)
+  except ValueError:
+    evaluation = None  # no eval data: nothing to check
+  policy = config.data.unseen_eval_labels
+  if policy not in ("error", "count_wrong") or (policy == "count_wrong" and field == "label"):
+    raise ValueError(f"data.unseen_eval_labels={policy!r}: use 'error', or 'count_wrong' for "
+                     "tagging")
+  if evaluation is not None:
+    eval_labels = sources.label_vocab(evaluation, field)
+    unseen = sorted(set(eval_labels) - set(labels))
+    if policy == "error" or not unseen:
+      formats.check_labels(labels, eval_labels, "label" if field == "label" else "tag")
+    else:
+      logging.warning("%d eval tags never seen in training are scored as errors: %s",
+                      len(unseen), ", ".join(unseen))
+  if len(labels) < 2 and field == "label":
+    raise ValueError(f"the training data has a single label ({labels[0]!r}); a classifier needs "
+                     "examples of at least two")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"field": field, "labels": labels}, f, indent=1)
+  logging.info("%d %ss: %s", len(labels), field, ", ".join(labels[:20]))
+  return labels
+
+
+def _schedule(config, workdir: str) -> None:
+  """train.steps from train.epochs, and warmup from train.warmup_ratio."""
+  train = config.train
+  if train.epochs > 0:
+    from lm_research.data import sources  # noqa: PLC0415
+    examples = len(sources.open_source(config.data, "train", workdir))
+    train.steps = max(1, math.ceil(train.epochs * examples / train.batch_size))
+    logging.info("train.epochs=%g over %d examples: %d steps", train.epochs, examples,
+                 train.steps)
+  if train.warmup_ratio > 0:
+    train.warmup_steps = int(train.warmup_ratio * train.steps)
+
+
+def prepare(config, workdir: str) -> list[str] | None:
+  """Resolves a fine-tuning config in place (see the module docstring); returns the labels."""
+  if config.objective in HEADS:
+    config.model.head = HEADS[config.objective]
+  if config.init_from:
+    # A resumed, evaluated or predicting run reads its own checkpoint's body and tokenizer,
+    # so it still works when init_from has moved.
+    adopt_pretrained(config, workdir if workdir and _checkpointed(workdir) else config.init_from)
+  elif is_finetuning(config):
+    logging.warning("init_from is empty: fine-tuning a randomly initialised model.")
+  labels = None
+  if config.objective in LABEL_FIELDS:
+    labels = _labels(config, workdir, LABEL_FIELDS[config.objective])
+    config.model.num_labels = len(labels)
+  _schedule(config, workdir)
+  return labels

@@ -51,7 +51,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.seq_len = 128  # tokens per example (encoder input length for span corruption)
   c.train.target_len = 0  # seq2seq decoder length; 0 = span corruption's rule, or seq_len
   c.train.epochs = 0.0  # > 0: train.steps = ceil(epochs * training examples / batch_size)
-  c.train.learning_rate = 1e-3
+  c.train.learning_rate = 1e-3  # 0 = 3e-4 * 128 / model.d_model (tasks/setup.py)
   c.train.optimizer = "adamw"  # 'adamw' | 'adafactor'
   c.train.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'inverse_sqrt' | 'constant'
   c.train.warmup_steps = 10

@@ -8,7 +8,7 @@ Every reader yields records under the project's field names, whatever the file c
   classification  text, text_b, label          .tsv, header text[<TAB>text_b]<TAB>label, or .jsonl
   tagging         tokens, tags                 CoNLL: token<TAB>...<TAB>tag, blank line after each
                                                sentence
-  seq2seq         input, target                .jsonl
+  seq2seq         input, target                .jsonl (or prompt/response, or text/label)
 
 Labels and tags stay strings here; ids are assigned from the training set downstream.
 Malformed data ends in a one-line ValueError that names the file, the line and the fix. Bytes
@@ -228,12 +228,17 @@ def read_conll(path: str) -> Iterator[dict]:
     yield {"tokens": tokens, "tags": tags}
 
 
+# Other names a seq2seq line may use: prompt/response (instruction data), and text/label (a
+# classification file read as text-to-text, T5-style).
+SEQ2SEQ_ALIASES = {"input": ("input", "prompt", "text"), "target": ("target", "response", "label")}
+
+
 def read_seq2seq_jsonl(path: str) -> Iterator[dict]:
-  """Pairs from a .jsonl file with ``input`` and ``target`` fields."""
+  """Pairs from a .jsonl file with ``input`` and ``target`` fields (or an alias pair)."""
   for number, obj in _json_lines(path):
     where = f"{path}:{number}"
-    yield {"input": _field(obj, "input", where, "seq2seq"),
-           "target": _field(obj, "target", where, "seq2seq")}
+    yield {ours: _field(obj, next((k for k in names if k in obj), ours), where, "seq2seq")
+           for ours, names in SEQ2SEQ_ALIASES.items()}
 
 
 def _reader(kind: str, path: str):

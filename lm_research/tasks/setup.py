@@ -6,7 +6,8 @@
   - the pretrained tokenizer (a fine-tune never trains a new one);
   - the label set from the training data (saved as WORKDIR/labels.json, so ids stay fixed on
     resume and at predict time), checked against the eval data, and ``model.num_labels``;
-  - ``train.steps`` from ``train.epochs`` and ``train.warmup_steps`` from ``train.warmup_ratio``.
+  - ``train.steps`` from ``train.epochs``, ``train.warmup_steps`` from ``train.warmup_ratio``,
+    and ``train.learning_rate`` = 0 made a rate that suits the body's width.
 """
 
 from __future__ import annotations
@@ -109,9 +110,19 @@ def _labels(config, workdir: str, field: str) -> list[str]:
   return labels
 
 
+# train.learning_rate = 0 (the fine-tuning configs' default): this rate at d_model 128, scaled by 128 / d_model
+# (wider bodies take smaller steps, as muP prescribes for hidden weights): 3e-4 for the tiny
+# models, 5e-5 for BERT-base, the BERT paper's fine-tuning rate.
+AUTO_LR_AT_128 = 3e-4
+
+
 def _schedule(config, workdir: str) -> None:
-  """train.steps from train.epochs, and warmup from train.warmup_ratio."""
+  """train.steps from train.epochs, warmup from train.warmup_ratio, an automatic rate."""
   train = config.train
+  if train.learning_rate == 0:
+    train.learning_rate = AUTO_LR_AT_128 * 128 / config.model.d_model
+    logging.info("train.learning_rate=0: %.3g for d_model=%d", train.learning_rate,
+                 config.model.d_model)
   if train.epochs > 0:
     from lm_research.data import sources  # noqa: PLC0415
     examples = len(sources.open_source(config.data, "train", workdir))

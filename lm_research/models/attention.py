@@ -124,15 +124,29 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
                bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
                k_positions_BS: jax.Array | None = None) -> jax.Array:
-    b, t, _ = x_BTD.shape
-    s = kv_BSD.shape[1]
-    q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
+    k_BSKH, v_BSKH = self.keys_values(kv_BSD, k_positions_BS)
+    return self.attend(x_BTD, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
+                       q_positions_BT=q_positions_BT)
+
+  def keys_values(self, kv_BSD: jax.Array,
+                  k_positions_BS: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Keys (rotated when RoPE is on) and values of ``kv_BSD``, (B, S, K, H) each."""
+    b, s, _ = kv_BSD.shape
     k_BSKH = self.key(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
     v_BSKH = self.value(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
+    if self.rope_theta is not None:
+      k_BSKH = apply_rope(k_BSKH, k_positions_BS, self.rope_theta)
+    return k_BSKH, v_BSKH
+
+  def attend(self, x_BTD: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *,
+             mask_B1TS: jax.Array, bias_BNTS: jax.Array | None = None,
+             q_positions_BT: jax.Array | None = None) -> jax.Array:
+    """Queries from ``x_BTD`` over given keys and values (fresh or a KV cache), projected out."""
+    b, t, _ = x_BTD.shape
+    q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))
     if self.rope_theta is not None:
       q_BTNH = apply_rope(q_BTNH, q_positions_BT, self.rope_theta)
-      k_BSKH = apply_rope(k_BSKH, k_positions_BS, self.rope_theta)
     if bias_BNTS is not None:
       bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,

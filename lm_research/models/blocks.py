@@ -7,6 +7,7 @@ The stack runs its layers as a Python loop or as one ``jax.lax.scan`` over stack
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx, struct
 
 from lm_research import sharding
@@ -30,6 +31,20 @@ class BlockContext:
   memory_BSD: jax.Array | None = None  # encoder output, for cross-attention
   cross_mask_B1TS: jax.Array | None = None
   memory_positions_BS: jax.Array | None = None
+  cache_index: jax.Array | None = None  # decoding: the KV-cache slot of the first new token
+
+
+@struct.dataclass
+class KVCache:
+  """One layer's cached keys and values, (B, S, K, H); a stack holds them on a leading L axis.
+
+  ``cross_*`` are the keys and values of the encoder output, computed once before decoding.
+  """
+
+  keys: jax.Array
+  values: jax.Array
+  cross_keys: jax.Array | None = None
+  cross_values: jax.Array | None = None
 
 
 class Block(nnx.Module):
@@ -68,6 +83,44 @@ class Block(nnx.Module):
     x_BTD = self._residual(x_BTD, self.mlp_norm, lambda h: self.mlp(h, rngs[2]), rngs[3])
     return sharding.constrain(x_BTD, ("batch", "length", "embed"))
 
+  def decode(self, x_BTD: jax.Array, ctx: BlockContext,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """The block on new tokens against a KV cache; returns (x, updated cache).
+
+    Their keys/values are written at slot ``ctx.cache_index``, then the queries attend over the
+    whole cache; ``ctx.self_mask_B1TS`` hides empty and padding slots.
+    """
+    def self_attn(h_BTD):
+      nonlocal cache  # _residual only passes h in; the updated cache leaves through here
+      k_BTKH, v_BTKH = self.attn.keys_values(h_BTD, ctx.positions_BT)
+      start = (0, ctx.cache_index, 0, 0)
+      cache = cache.replace(
+          keys=jax.lax.dynamic_update_slice(cache.keys, k_BTKH.astype(cache.keys.dtype), start),
+          values=jax.lax.dynamic_update_slice(cache.values, v_BTKH.astype(cache.values.dtype),
+                                              start))
+      return self.attn.attend(h_BTD, cache.keys, cache.values, mask_B1TS=ctx.self_mask_B1TS,
+                              bias_BNTS=ctx.self_bias_BNTS, q_positions_BT=ctx.positions_BT)
+
+    x_BTD = self._residual(x_BTD, self.attn_norm, self_attn, None)
+    if self.has_cross:
+      x_BTD = self._residual(
+          x_BTD, self.cross_norm,
+          lambda h: self.cross_attn.attend(h, cache.cross_keys, cache.cross_values,
+                                           mask_B1TS=ctx.cross_mask_B1TS),
+          None)
+    x_BTD = self._residual(x_BTD, self.mlp_norm, lambda h: self.mlp(h, None), None)
+    return sharding.constrain(x_BTD, ("batch", "length", "embed")), cache
+
+  def empty_cache(self, batch_size: int, max_length: int, dtype,
+                  memory_BSD: jax.Array | None = None) -> KVCache:
+    """Zero keys/values for ``max_length`` slots; cross keys/values of ``memory_BSD`` if given."""
+    shape = (batch_size, max_length, self.attn.kv_heads, self.attn.head_dim)
+    cache = KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype))
+    if self.has_cross and memory_BSD is not None:
+      cross_k, cross_v = self.cross_attn.keys_values(memory_BSD)
+      cache = cache.replace(cross_keys=cross_k.astype(dtype), cross_values=cross_v.astype(dtype))
+    return cache
+
 
 class LayerStack(nnx.Module):
   """``num_layers`` blocks applied in order, as a loop or a scan, optionally rematerialised."""
@@ -102,6 +155,37 @@ class LayerStack(nnx.Module):
       layer_rng = None if layer_rngs is None else layer_rngs[i]
       x_BTD = self._rematerialised(graphdef)(state, x_BTD, ctx, layer_rng)
     return x_BTD
+
+  def decode(self, x_BTD: jax.Array, ctx: BlockContext,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Every block's ``decode`` in order; ``cache`` leaves carry a leading layer axis."""
+    if self.scan:
+      graphdef, stacked = nnx.split(self.blocks)
+
+      def body(x, layer):
+        state, layer_cache = layer
+        return nnx.merge(graphdef, state).decode(x, ctx, layer_cache)
+
+      return jax.lax.scan(body, x_BTD, (stacked, cache))
+    new_caches = []
+    for i, block in enumerate(self.blocks):
+      x_BTD, layer_cache = block.decode(x_BTD, ctx, jax.tree.map(lambda a, i=i: a[i], cache))
+      new_caches.append(layer_cache)
+    return x_BTD, jax.tree.map(lambda *layers: jnp.stack(layers), *new_caches)
+
+  def empty_cache(self, batch_size: int, max_length: int, dtype,
+                  memory_BSD: jax.Array | None = None) -> KVCache:
+    """Every layer's ``Block.empty_cache``, stacked on a leading layer axis (loop or scan)."""
+    if self.scan:
+      graphdef, stacked = nnx.split(self.blocks)
+
+      def one(state):
+        return nnx.merge(graphdef, state).empty_cache(batch_size, max_length, dtype, memory_BSD)
+
+      return jax.lax.map(one, stacked)
+    layers = [block.empty_cache(batch_size, max_length, dtype, memory_BSD)
+              for block in self.blocks]
+    return jax.tree.map(lambda *a: jnp.stack(a), *layers)
 
   def _rematerialised(self, graphdef):
     """The block as a pure function of its state, wrapped in jax.checkpoint when asked."""

@@ -13,7 +13,7 @@ from flax import nnx, struct
 from lm_research import sharding
 from lm_research.models.attention import (RelativePositionBias, attention_mask,
                                           positions_from_segments, segments_from_inputs)
-from lm_research.models.blocks import BlockContext, LayerStack
+from lm_research.models.blocks import BlockContext, KVCache, LayerStack
 from lm_research.models.config import ModelConfig
 from lm_research.models.heads import Classifier, MlmHead, Pooler, last_token
 from lm_research.models.layers import Norm, dense, dropout, normal_init
@@ -28,6 +28,30 @@ class ModelOutput:
   pooled: jax.Array | None = None
   nsp_logits: jax.Array | None = None
   encoder_hidden_states: jax.Array | None = None
+
+
+@struct.dataclass
+class DecodeCache:
+  """A decoder stack's KV cache for autoregressive decoding, threaded through as a value.
+
+  Slots fill left to right, the same ``index`` for every row (prompts are left-aligned to end
+  together, with padding slots marked 0 in ``segments_BS``), so shapes stay fixed under jit.
+  """
+
+  layers: KVCache  # per-layer keys/values, (L, B, S, K, H)
+  segments_BS: jax.Array  # 1 where a slot holds a token (its key may be attended), else 0
+  positions_BS: jax.Array  # each slot's token position (T5's relative bias needs the keys')
+  index: jax.Array  # int32 scalar: the next slot to write
+  memory_segments_BS: jax.Array | None = None  # encoder padding, for cross-attention
+
+  def take_rows(self, rows_R: jax.Array) -> "DecodeCache":
+    """The cache of batch rows ``rows_R`` (beam search: expand and reorder hypotheses)."""
+    take = lambda a: jnp.take(a, rows_R, axis=0)  # noqa: E731
+    return self.replace(
+        layers=jax.tree.map(lambda a: jnp.take(a, rows_R, axis=1), self.layers),
+        segments_BS=take(self.segments_BS), positions_BS=take(self.positions_BS),
+        memory_segments_BS=(None if self.memory_segments_BS is None
+                            else take(self.memory_segments_BS)))
 
 
 def _rng(rng: jax.Array | None, i: int) -> jax.Array | None:
@@ -94,6 +118,44 @@ class Stack(nnx.Module):
                          attention_mask(segments_BT, memory_segments_BS, causal=False)))
     x_BTD = self.layers(x_BTD, ctx, rng)
     return self.final_norm(x_BTD) if self.pre_norm else x_BTD
+
+  def empty_cache(self, batch_size: int, max_length: int, dtype, *, memory_BSD=None,
+                  memory_segments_BS=None) -> DecodeCache:
+    """An empty cache of ``max_length`` slots (with the encoder's keys/values, if given)."""
+    zeros_BS = jnp.zeros((batch_size, max_length), jnp.int32)
+    return DecodeCache(
+        layers=self.layers.empty_cache(batch_size, max_length, dtype, memory_BSD),
+        segments_BS=zeros_BS, positions_BS=zeros_BS, index=jnp.zeros((), jnp.int32),
+        memory_segments_BS=memory_segments_BS)
+
+  def decode(self, x_BTD, segments_BT, positions_BT,
+             cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
+    """The stack on T new tokens, written to cache slots index..index+T-1; returns (x, cache).
+
+    A new token sees every filled slot up to its own that holds a token (segment != 0); unlike
+    ``__call__`` there are no packed documents, so segment ids are only "token or padding".
+    """
+    start = cache.index
+    segments_BS = jax.lax.dynamic_update_slice(
+        cache.segments_BS, jnp.asarray(segments_BT, jnp.int32), (0, start))
+    positions_BS = jax.lax.dynamic_update_slice(
+        cache.positions_BS, jnp.asarray(positions_BT, jnp.int32), (0, start))
+    slots_S = jnp.arange(segments_BS.shape[1])
+    slots_T = start + jnp.arange(x_BTD.shape[1])
+    visible_BTS = ((segments_BS[:, None, :] != 0)
+                   & (slots_S[None, None, :] <= slots_T[None, :, None]))
+    ctx = BlockContext(
+        self_mask_B1TS=visible_BTS[:, None],
+        positions_BT=positions_BT,
+        self_bias_BNTS=(self.relative_bias(positions_BT, positions_BS)
+                        if self.relative else None),
+        cross_mask_B1TS=(None if cache.memory_segments_BS is None else
+                         attention_mask(segments_BT, cache.memory_segments_BS, causal=False)),
+        cache_index=start)
+    x_BTD, layers = self.layers.decode(x_BTD, ctx, cache.layers)
+    cache = cache.replace(layers=layers, segments_BS=segments_BS, positions_BS=positions_BS,
+                          index=start + x_BTD.shape[1])
+    return (self.final_norm(x_BTD) if self.pre_norm else x_BTD), cache
 
 
 def _check_length(ids_BT, cfg: ModelConfig) -> None:
@@ -191,6 +253,26 @@ class Decoder(nnx.Module):
     return ModelOutput(hidden_states=x_BTD,
                        logits=None if logits is None else logits.astype(jnp.float32))
 
+  def init_cache(self, batch_size: int, max_length: int) -> DecodeCache:
+    """An empty KV cache of ``max_length`` slots for ``decode_step``."""
+    return self.stack.empty_cache(batch_size, max_length, jnp.dtype(self.cfg.dtype))
+
+  def decode_step(self, input_ids, cache: DecodeCache, *, positions,
+                  attention_mask=None) -> tuple[ModelOutput, DecodeCache]:
+    """New tokens (the prompt, then one per step) against ``cache``; returns (output, cache).
+
+    ``attention_mask`` marks padding among the new tokens (0: never attended to later).
+    """
+    ids_BT = jnp.asarray(input_ids, jnp.int32)
+    segments_BT = segments_from_inputs(ids_BT, attention_mask)
+    positions_BT = jnp.asarray(positions, jnp.int32)
+    x_BTD = self.embeddings(ids_BT, positions_BT, None, None)
+    x_BTD, cache = self.stack.decode(x_BTD, segments_BT, positions_BT, cache)
+    logits = None
+    if self.cfg.head == "lm":
+      logits = _lm_logits(self.cfg, x_BTD, self.embeddings, getattr(self, "lm_head", None))
+    return ModelOutput(hidden_states=x_BTD, logits=logits), cache
+
 
 class EncoderDecoder(nnx.Module):
   """T5: shared embedding, bidirectional encoder, causal decoder with cross-attention."""
@@ -233,6 +315,23 @@ class EncoderDecoder(nnx.Module):
     return self.decode(decoder_input_ids, memory_BSD, attention_mask, decoder_attention_mask,
                        segment_ids=segment_ids, decoder_segment_ids=decoder_segment_ids,
                        decoder_positions=decoder_positions, dropout_rng=dropout_rng)
+
+  def init_cache(self, memory_BSD, attention_mask, max_length: int) -> DecodeCache:
+    """An empty decoder KV cache of ``max_length`` slots holding the encoder's cross keys/values."""
+    memory_segments_BS = segments_from_inputs(memory_BSD[..., 0], attention_mask)
+    return self.decoder.empty_cache(
+        memory_BSD.shape[0], max_length, jnp.dtype(self.cfg.dtype), memory_BSD=memory_BSD,
+        memory_segments_BS=memory_segments_BS)
+
+  def decode_step(self, decoder_input_ids, cache: DecodeCache, *,
+                  positions) -> tuple[ModelOutput, DecodeCache]:
+    """New decoder tokens against ``cache`` (from ``init_cache``); returns (output, cache)."""
+    ids_BT = jnp.asarray(decoder_input_ids, jnp.int32)
+    positions_BT = jnp.asarray(positions, jnp.int32)
+    y_BTD = self.embeddings(ids_BT, positions_BT, None, None)
+    y_BTD, cache = self.decoder.decode(y_BTD, jnp.ones_like(ids_BT), positions_BT, cache)
+    logits = _lm_logits(self.cfg, y_BTD, self.embeddings, getattr(self, "lm_head", None))
+    return ModelOutput(hidden_states=y_BTD, logits=logits), cache
 
 
 FAMILY_CLASSES = {"encoder": Encoder, "decoder": Decoder, "encoder_decoder": EncoderDecoder}

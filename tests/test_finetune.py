@@ -1,0 +1,190 @@
+"""Fine-tuning end to end: learnable toy tasks through the real loop, eval metrics, predict, and
+the one-line errors for bad task data. Bodies: fresh encoder/decoder, and a Hugging Face BERT
+folder (random weights, its own WordPiece vocab.txt) loaded through init_from."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from configs import finetune_causal_lm, finetune_classification, finetune_seq2seq, finetune_tagging
+from lm_research import train
+
+WORDS = "the a of river stone light house garden window paper music city summer".split()
+CUES = {"positive": ["great", "lovely"], "negative": ["awful", "dreadful"],
+        "neutral": ["okay", "average"]}
+NAMES = [("anna", "smith"), ("bob", "jones"), ("carl", "brown")]
+TINY = dict(vocab_size=320, d_model=32, num_layers=2, num_heads=2, d_ff=64, max_len=32,
+            dropout_rate=0.0)
+TINY_T5 = dict(TINY, vocab_size=512, num_decoder_layers=2, head_dim=16)  # + 100 sentinels
+
+
+def sentiment_rows(n, seed):
+  """Sentences of filler words with one cue word that decides the label."""
+  rng = random.Random(seed)
+  rows = []
+  for _ in range(n):
+    label = rng.choice(sorted(CUES))
+    words = rng.sample(WORDS, 3)
+    words.insert(rng.randrange(4), rng.choice(CUES[label]))
+    rows.append({"text": " ".join(words), "label": label})
+  return rows
+
+
+def ner_sentences(n, seed):
+  """Filler words with a two-word name tagged B-PER I-PER somewhere in each sentence."""
+  rng = random.Random(seed)
+  out = []
+  for _ in range(n):
+    words = rng.sample(WORDS, 4)
+    at = rng.randrange(5)
+    first, last = rng.choice(NAMES)
+    out.append((words[:at] + [first, last] + words[at:],
+                ["O"] * at + ["B-PER", "I-PER"] + ["O"] * (4 - at)))
+  return out
+
+
+def write_jsonl(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def write_conll(path, sentences):
+  path.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(*s)) + "\n" for s in sentences))
+  return str(path)
+
+
+def task_config(module, train_path, eval_path, arg="", **train_overrides):
+  c = module.get_config(arg)
+  c.init_from = ""
+  c.model.update(TINY)
+  c.data.train_path, c.data.eval_path = train_path, eval_path
+  c.train.update(dict(dict(epochs=0.0, steps=150, batch_size=16, seq_len=16, learning_rate=1e-3,
+                           warmup_ratio=0.0, warmup_steps=5), **train_overrides))
+  c.eval.every_steps = c.train.steps
+  c.checkpoint.every_steps = 0
+  c.wandb.mode = "disabled"
+  return c
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_three_class_classification_learns_and_predicts(tmp_path, family):
+  train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(400, 0))
+  eval_rows = sentiment_rows(48, 1)
+  eval_path = write_jsonl(tmp_path / "eval.jsonl", eval_rows)
+  c = task_config(finetune_classification, train_path, eval_path,
+                  "decoder" if family == "decoder" else "")
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(c, workdir)
+  assert metrics["eval/accuracy"] >= 0.9 and metrics["eval/f1"] >= 0.9
+  assert metrics["eval/examples"] == 48  # the whole eval set, padding rows not counted
+  logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
+  assert logged[0]["eval/accuracy"] < 0.7 < logged[-1]["eval/accuracy"]  # untrained vs trained
+  assert (tmp_path / "run" / "plots" / "confusion_matrix.png").stat().st_size > 0
+  assert json.load(open(f"{workdir}/labels.json"))["labels"] == ["negative", "neutral",
+                                                                  "positive"]
+  if family == "decoder":
+    return
+  inputs = tmp_path / "inputs.txt"
+  inputs.write_text("".join(r["text"] + "\n" for r in eval_rows))
+  c.predict.input, c.predict.output = str(inputs), str(tmp_path / "out.jsonl")
+  train.predict_only(c, workdir)
+  out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+  assert [o["text"] for o in out] == [r["text"] for r in eval_rows]
+  for o in out:
+    assert sum(o["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert o["label"] == max(o["probabilities"], key=o["probabilities"].get)
+  agree = np.mean([o["label"] == r["label"] for o, r in zip(out, eval_rows)])
+  assert agree == pytest.approx(metrics["eval/accuracy"])  # predict == eval on the same texts
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+  """A random tiny BertForMaskedLM saved with a WordPiece vocab of the toy words."""
+  transformers = pytest.importorskip("transformers")
+  folder = tmp_path_factory.mktemp("hf_bert")
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  vocab = specials + sorted(set(WORDS) | {w for n in NAMES for w in n}
+                            | {w for c in CUES.values() for w in c})
+  (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64,
+                                   max_position_embeddings=32)
+  transformers.BertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
+  return str(folder)
+
+
+def test_tagging_from_a_hugging_face_bert_folder(tmp_path, bert_folder):
+  train_path = write_conll(tmp_path / "train.conll", ner_sentences(300, 0))
+  eval_sentences = ner_sentences(40, 1)
+  eval_path = write_conll(tmp_path / "eval.conll", eval_sentences)
+  c = task_config(finetune_tagging, train_path, eval_path)
+  c.init_from = bert_folder  # architecture and vocab.txt come from the folder
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(c, workdir)
+  assert metrics["eval/token_accuracy"] >= 0.95
+  assert metrics["eval/f1"] >= 0.9  # entity level: both words of the name, right type
+  assert json.load(open(f"{workdir}/config.json" if False else f"{workdir}/labels.json"))[
+      "labels"] == ["B-PER", "I-PER", "O"]
+  inputs = tmp_path / "inputs.jsonl"
+  inputs.write_text("".join(json.dumps({"tokens": s[0]}) + "\n" for s in eval_sentences))
+  c.predict.input, c.predict.output = str(inputs), str(tmp_path / "out.jsonl")
+  train.predict_only(c, workdir)
+  out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+  assert [len(o["tags"]) for o in out] == [len(s[0]) for s in eval_sentences]
+  correct = sum(p == g for o, s in zip(out, eval_sentences) for p, g in zip(o["tags"], s[1]))
+  assert correct / sum(len(s[1]) for s in eval_sentences) == pytest.approx(
+      metrics["eval/token_accuracy"])
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("unseen", "the eval set has 1 label"),
+    ("empty", "is empty"),
+    ("column", "has no 'label' field"),
+])
+def test_bad_task_data_is_a_one_line_error(tmp_path, problem, message):
+  rows = sentiment_rows(40, 0)
+  train_path = write_jsonl(tmp_path / "train.jsonl", rows)
+  eval_rows = {"unseen": rows[:5] + [{"text": "x", "label": "sarcastic"}],
+               "empty": [], "column": [{"text": "no label here"}]}[problem]
+  eval_path = tmp_path / "eval.jsonl"
+  write_jsonl(eval_path, eval_rows)
+  c = task_config(finetune_classification, train_path, str(eval_path))
+  with pytest.raises(ValueError, match=message) as error:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+      (tmp_path / "run" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("module, arg", [(finetune_seq2seq, ""),
+                                         (finetune_causal_lm, "prompt_response")])
+def test_generation_tasks_train_score_and_predict(tmp_path, module, arg):
+  """T5 seq2seq and GPT prompt/response: loss falls, generations are scored, and predict
+  writes the same generations that evaluation scored."""
+  rows = [{"input": r["text"], "target": r["label"]} for r in sentiment_rows(200, 0)]
+  train_path = write_jsonl(tmp_path / "train.jsonl", rows)
+  eval_rows = [{"input": r["text"], "target": r["label"]} for r in sentiment_rows(16, 1)]
+  eval_path = write_jsonl(tmp_path / "eval.jsonl", eval_rows)
+  c = task_config(module, train_path, eval_path, arg, steps=40, seq_len=16 if arg else 12)
+  if module is finetune_seq2seq:
+    c.model.update(TINY_T5)
+    c.train.target_len = 6
+  c.eval.max_new_tokens = 4
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(c, workdir)
+  logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
+  assert logged[-1]["eval/loss"] < logged[0]["eval/loss"]
+  for name, top in (("exact_match", 1.0), ("bleu", 100.0), ("rouge_l", 1.0)):
+    assert 0.0 <= metrics[f"eval/{name}"] <= top
+  inputs = tmp_path / "inputs.jsonl"
+  inputs.write_text("".join(json.dumps({"input": r["input"]}) + "\n" for r in eval_rows))
+  c.predict.input, c.predict.output = str(inputs), str(tmp_path / "out.jsonl")
+  c.predict.max_new_tokens = 4
+  c.predict.batch_size = c.train.batch_size  # eval's shapes: the compiled search is reused
+  train.predict_only(c, workdir)
+  out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+  assert [o["input"] for o in out] == [r["input"] for r in eval_rows]
+  matches = np.mean([o["output"].strip() == r["target"] for o, r in zip(out, eval_rows)])
+  assert matches == pytest.approx(metrics["eval/exact_match"])

@@ -39,6 +39,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compile():
+  """Cheaper compiles for this module's searches, restored afterwards."""
   saved, decoding.api.COMPILER_OPTIONS = decoding.api.COMPILER_OPTIONS, FAST_COMPILE
   yield
   decoding.api.COMPILER_OPTIONS = saved
@@ -141,6 +142,7 @@ def reference_beam(name: str, row: int, width: int, eos: int, alpha: float) -> t
 
 
 def padded(tokens: list) -> list:
+  """Tokens followed by pad ids (0) up to N, as generate returns them."""
   return tokens + [0] * (N - len(tokens))
 
 

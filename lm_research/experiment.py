@@ -147,7 +147,8 @@ def task_rows(exp: Experiment):
   c, family = exp.config, exp.model_cfg.family
   ids = {name: i for i, name in enumerate(exp.labels or [])}
   if exp.task == "classification":
-    return task_examples.ClassificationExamples(exp.tokenizer, family, c.train.seq_len, ids)
+    return task_examples.ClassificationExamples(exp.tokenizer, family, c.train.seq_len, ids,
+                                                c.data.truncation)
   if exp.task == "tagging":
     return task_examples.TaggingExamples(exp.tokenizer, family, c.train.seq_len, ids)
   if exp.task == "seq2seq":

@@ -127,3 +127,12 @@ def test_predict_input_errors_are_one_line(tmp_path, content, message):
   with pytest.raises(ValueError, match=message) as error:
     predict.read_inputs(str(path), "classification")
   assert "\n" not in str(error.value)
+
+
+def test_head_tail_truncation_keeps_the_first_quarter_and_the_end(tok):
+  build = examples.ClassificationExamples(tok, "encoder", 10, {"x": 0}, truncation="head_tail")
+  text = " ".join(f"w{i:02d}" for i in range(20))  # 20 words of 2 pieces: 40 ids
+  ids = tok.encode(text)
+  row, = build({"text": text, "label": "x"}, 0)
+  # budget 8 = 2 head + 6 tail
+  assert row["input_ids"].tolist() == [2] + ids[:2] + ids[-6:] + [3]

@@ -40,16 +40,30 @@ class ClassificationExamples:
   """Single texts or text pairs -> ``input_ids``, ``attention_mask``, ``token_type_ids``,
   ``label``, ``weight`` (0 for unlabelled records, e.g. at predict time), ``index``."""
 
-  def __init__(self, tokenizer, family: str, seq_len: int, label_ids: Mapping[str, int]):
+  def __init__(self, tokenizer, family: str, seq_len: int, label_ids: Mapping[str, int],
+               truncation: str = "head"):
     if family not in ("encoder", "decoder"):
       raise ValueError(f"sequence classification needs an encoder or decoder model, not "
                        f"{family!r}; for T5 phrase the task as seq2seq (label text as target).")
+    if truncation not in ("head", "head_tail"):
+      raise ValueError(f"data.truncation={truncation!r} is not 'head' or 'head_tail'")
     self.tok, self.family, self.seq_len, self.label_ids = tokenizer, family, seq_len, label_ids
+    self.truncation = truncation
+
+  def _single(self, ids: list[int], budget: int) -> list[int]:
+    """A single text cut to ``budget``: its start, or (head_tail) its first quarter and last
+    three quarters, which Sun et al. (2019) found best for long documents."""
+    if self.truncation == "head" or len(ids) <= budget:
+      return ids
+    head = budget // 4
+    return ids[:head] + ids[len(ids) - (budget - head):]
 
   def __call__(self, record: Mapping, index: int) -> list[dict[str, np.ndarray]]:
     tok = self.tok
     a, b = tok.encode(record["text"]), tok.encode(record.get("text_b") or "")
     pair = bool(record.get("text_b"))
+    if not pair:
+      a = self._single(a, self.seq_len - (2 if self.family == "encoder" else 1))
     if self.family == "encoder":
       a, b = truncate_pair(a, b, self.seq_len - (3 if pair else 2))
       ids = [tok.cls_id] + a + [tok.sep_id]

@@ -136,3 +136,13 @@ def test_head_tail_truncation_keeps_the_first_quarter_and_the_end(tok):
   row, = build({"text": text, "label": "x"}, 0)
   # budget 8 = 2 head + 6 tail
   assert row["input_ids"].tolist() == [2] + ids[:2] + ids[-6:] + [3]
+
+
+def test_words_are_encoded_as_in_running_text():
+  class SpaceMarking:
+    unk_id = 1
+
+    def encode_batch(self, texts):  # like SentencePiece without a dummy prefix
+      return [[100 + t.startswith(" ")] for t in texts]
+
+  assert examples.word_pieces(SpaceMarking(), ["The", "county", "jury"]) == [[100], [101], [101]]

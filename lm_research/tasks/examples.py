@@ -85,8 +85,13 @@ class ClassificationExamples:
 
 
 def word_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:
-  """Each word's token ids (a word the tokenizer drops entirely becomes [UNK])."""
-  encoded = tokenizer.encode_batch(list(words))
+  """Each word's token ids as in running text (a word the tokenizer drops becomes [UNK]).
+
+  Words after the first are encoded with the space before them: SentencePiece models trained
+  here (no dummy prefix) and GPT-2's byte BPE mark a word start with the space, so a bare
+  'county' would get other pieces than the '▁county' pretraining saw.
+  """
+  encoded = tokenizer.encode_batch([w if i == 0 else " " + w for i, w in enumerate(words)])
   unk = tokenizer.unk_id if tokenizer.unk_id is not None else tokenizer.pad_id
   return [ids if ids else [unk] for ids in encoded]
 

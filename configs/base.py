@@ -35,6 +35,38 @@ def train_on_bundled_corpus(c: ml_collections.ConfigDict, batch_size: int) -> No
   c.train.log_every_steps = 50
 
 
+# The tiny pretrained bodies the fine-tuning configs start from: workdir and config module.
+BODIES = {"encoder": ("runs/bert_tiny", "bert_tiny"), "decoder": ("runs/gpt_tiny", "gpt_tiny"),
+          "encoder_decoder": ("runs/t5_tiny", "t5_tiny")}
+
+
+def finetune(objective: str, kind: str, body: str, train_path: str,
+             eval_path: str) -> ml_collections.ConfigDict:
+  """The fine-tuning configs' recipe: a tiny pretrained body (init_from; its config's model
+  block is used as is only when init_from is ''), task data, 3 epochs at an automatic rate,
+  evaluation of the whole eval set."""
+  import importlib  # noqa: PLC0415  (the body configs import this module)
+  c = get_base()
+  c.objective = objective
+  c.init_from, module = BODIES[body]
+  c.model = importlib.import_module(f"configs.{module}").get_config().model
+  c.data.source = "files"
+  c.data.kind = kind
+  c.data.train_path = train_path
+  c.data.eval_path = eval_path
+  c.train.seq_len = 128
+  c.train.batch_size = 32
+  c.train.epochs = 3.0  # train.steps follows from the training set's size
+  c.train.learning_rate = 0.0  # auto: 3e-4 for the tiny bodies, 5e-5 for BERT-base
+  c.train.warmup_ratio = 0.1
+  c.train.log_every_steps = 20
+  c.eval.every_steps = 200
+  c.eval.steps = 0  # the whole eval set
+  c.checkpoint.every_steps = 200
+  c.checkpoint.keep = 1
+  return c
+
+
 def get_base() -> ml_collections.ConfigDict:
   """The default experiment: every section and field, before a config file specialises it."""
   c = ml_collections.ConfigDict()

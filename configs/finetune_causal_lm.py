@@ -11,30 +11,21 @@ Commands (after pretraining configs/gpt_tiny.py into runs/gpt_tiny):
 Any body: --config.init_from=PATH/TO/gpt2 (a Hugging Face folder) or a native workdir.
 """
 
-from configs import base, gpt_tiny
+from configs import base
 
 
 def get_config(arg: str = ""):
   """Causal LM fine-tuning; ``arg``: '' (plain text) or 'prompt_response'."""
   if arg not in ("", "prompt_response"):
     raise ValueError(f"configs/finetune_causal_lm.py:{arg} is not '' or 'prompt_response'")
-  c = base.get_base()
-  c.objective = "causal_lm"
-  c.init_from = "runs/gpt_tiny"
-  c.model = gpt_tiny.get_config().model  # replaced by init_from's; used as is when it is ''
-  c.data.source = "files"
-  c.data.kind = "seq2seq" if arg else "text"
-  c.data.train_path = "data/spamassassin/train.jsonl"
-  c.data.eval_path = "data/spamassassin/test.jsonl"
-  c.train.seq_len = 128
+  c = base.finetune("causal_lm", "seq2seq" if arg else "text", "decoder",
+                    "data/spamassassin/train.jsonl", "data/spamassassin/test.jsonl")
   c.train.batch_size = 16
+  c.train.epochs = 0.0
   c.train.steps = 300
   c.train.learning_rate = 5e-4
-  c.train.warmup_ratio = 0.1
-  c.train.log_every_steps = 25
   c.eval.every_steps = 100
   c.eval.steps = 0 if arg else 16  # prompt/response: every pair; text: 16 batches
   c.eval.max_new_tokens = 32
   c.checkpoint.every_steps = 100
-  c.checkpoint.keep = 1
   return c

@@ -130,18 +130,23 @@ def main(argv: Sequence[str]) -> None:
   del argv
   result = run_bench(_CONFIG.value, batch_size=_BATCH.value, seq_len=_SEQ.value,
                      steps=_STEPS.value, warmup=_WARMUP.value, remat=_REMAT.value)
-  result["config"] = _config_path_flag() or result["config"]
-  print(format_table(result))
+  result["config"] = config_path_flag() or result["config"]
+  emit(result, format_table(result))
+
+
+def emit(result: dict, table: str) -> None:
+  """Prints the table, then the result as one JSON object on the last line."""
+  print(table)
   sys.stdout.flush()
   print(json.dumps(result))
 
 
-def _config_path_flag() -> str:
+def config_path_flag(default: str = "") -> str:
   """The --config file name as given (without overrides), for the JSON line."""
   for arg in sys.argv[1:]:
     if arg.startswith("--config="):
       return arg.split("=", 1)[1]
-  return ""
+  return default
 
 
 if __name__ == "__main__":

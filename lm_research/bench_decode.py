@@ -11,8 +11,6 @@ best of ``repeats`` runs of each. EOS is disabled, so every run generates exactl
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from typing import Any, Sequence
 
@@ -20,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lm_research import decoding
+from lm_research import bench, decoding
 from lm_research.models import ModelConfig, build_model
 
 
@@ -99,18 +97,8 @@ def main(argv: Sequence[str]) -> None:
       _CONFIG.value, batch_size=_BATCH.value, prompt_len=_PROMPT.value,
       max_new_tokens=_NEW.value, repeats=_REPEATS.value, strategy=_STRATEGY.value,
       num_beams=_BEAMS.value)
-  result["config"] = _config_path_flag()
-  print(format_table(result))
-  sys.stdout.flush()
-  print(json.dumps(result))
-
-
-def _config_path_flag() -> str:
-  """The --config file name as given (without overrides), for the JSON line."""
-  for arg in sys.argv[1:]:
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-  return _DEFAULT_CONFIG
+  result["config"] = bench.config_path_flag(_DEFAULT_CONFIG)
+  bench.emit(result, format_table(result))
 
 
 _DEFAULT_CONFIG = "configs/gpt_tiny.py"

@@ -52,15 +52,19 @@ def _native_step(path: str) -> tuple[str, int]:
   return directory, max(steps)
 
 
-def native_config(path: str) -> dict:
-  """The experiment config saved with a native checkpoint (its model, data and tokenizer)."""
+def _restore(path: str, **items) -> tuple[Any, str, int]:
+  """(restored items, checkpoints directory, step) of a native checkpoint's latest step."""
   directory, step = _native_step(path)
   manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return manager.restore(step, args=ocp.args.Composite(**items)), directory, step
   finally:
     manager.close()
-  return dict(restored.config)
+
+
+def native_config(path: str) -> dict:
+  """The experiment config saved with a native checkpoint (its model, data and tokenizer)."""
+  return dict(_restore(path, config=ocp.args.JsonRestore())[0].config)
 
 
 def workdir_of(path: str) -> str:
@@ -70,12 +74,7 @@ def workdir_of(path: str) -> str:
 
 def _native_params(path: str) -> dict:
   """Parameters of the latest step of a native checkpoint (workdir, checkpoints/ or step dir)."""
-  directory, step = _native_step(path)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  finally:
-    manager.close()
+  restored, directory, step = _restore(path, state=ocp.args.StandardRestore())
   logging.info("init_from: native checkpoint %s/%d", directory, step)
   return unstack_layers(_strip_variables(restored.state["params"]))
 

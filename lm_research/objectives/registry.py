@@ -17,6 +17,8 @@ Fine-tuning rows carry ``index``, the record they came from (tasks/examples.py).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from lm_research.objectives import causal_lm, classification, masked_lm, span_corruption
@@ -53,12 +55,9 @@ OBJECTIVES = {
         denominators=classification.token_denominators,
         terms={"loss": "words", "token_accuracy": "words"}, loss_terms=("loss",),
         tokens=lambda b: jnp.sum(b["attention_mask"])),
-    "seq2seq": Objective(
-        name="seq2seq", families=("encoder_decoder",),
-        numerators=span_corruption.loss_numerators, denominators=lm_denominators,
-        terms=_LM_TERMS, loss_terms=("loss",),
-        tokens=lambda b: jnp.sum(b["segment_ids"] != 0) + jnp.sum(b["decoder_segment_ids"] != 0)),
 }
+# Seq2seq rows are span corruption's batch format with one (input, target) pair each.
+OBJECTIVES["seq2seq"] = dataclasses.replace(OBJECTIVES["span_corruption"], name="seq2seq")
 # The fine-tuning objectives: their data are labelled records, evaluated with task metrics.
 TASKS = ("classification", "tagging", "seq2seq")
 

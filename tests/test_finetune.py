@@ -115,6 +115,16 @@ def bert_folder(tmp_path_factory):
   return str(folder)
 
 
+def test_classification_from_a_hugging_face_bert_folder(tmp_path, bert_folder):
+  train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(400, 0))
+  eval_path = write_jsonl(tmp_path / "eval.jsonl", sentiment_rows(48, 1))
+  c = task_config(finetune_classification, train_path, eval_path)
+  c.init_from = bert_folder  # architecture and vocab.txt come from the folder
+  metrics = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert c.model.d_model == 32 and c.model.vocab_size == 30  # the folder's, not TINY's
+  assert metrics["eval/accuracy"] >= 0.9
+
+
 def test_tagging_from_a_hugging_face_bert_folder(tmp_path, bert_folder):
   train_path = write_conll(tmp_path / "train.conll", ner_sentences(300, 0))
   eval_sentences = ner_sentences(40, 1)
@@ -188,3 +198,15 @@ def test_generation_tasks_train_score_and_predict(tmp_path, module, arg):
   assert [o["input"] for o in out] == [r["input"] for r in eval_rows]
   matches = np.mean([o["output"].strip() == r["target"] for o, r in zip(out, eval_rows)])
   assert matches == pytest.approx(metrics["eval/exact_match"])
+
+
+def test_steps_from_epochs_and_a_width_scaled_learning_rate(tmp_path):
+  from lm_research.tasks import setup  # noqa: PLC0415
+  train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(100, 0))
+  c = task_config(finetune_classification, train_path, train_path, epochs=2.0,
+                  learning_rate=0.0, warmup_ratio=0.1)
+  assert setup.prepare(c, str(tmp_path / "run")) == ["negative", "neutral", "positive"]
+  assert c.train.steps == 13  # ceil(2 epochs * 100 examples / batch 16)
+  assert c.train.learning_rate == pytest.approx(3e-4 * 128 / 32)  # d_model 32
+  assert c.train.warmup_steps == 1  # int(0.1 * 13)
+  assert (c.model.head, c.model.num_labels) == ("sequence_classification", 3)

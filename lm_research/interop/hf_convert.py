@@ -296,7 +296,8 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
   std_scale = cfg.attention_scale is None or abs(cfg.attention_scale - hd ** -0.5) < 1e-9
   gated_t5 = {"gelu_tanh": "gated-gelu", "gelu": "gated-gelu_python", "relu": "gated-relu",
               "silu": "gated-silu"}
-  common = [(cfg.kv_heads != cfg.num_heads, f"num_kv_heads={cfg.num_kv_heads}")]
+  common = [(cfg.kv_heads != cfg.num_heads, f"num_kv_heads={cfg.num_kv_heads}"),
+            (cfg.pooling != "cls", f"pooling={cfg.pooling!r}")]
   if model_type == "t5":
     problems = common + [
         (cfg.norm != "rmsnorm", f"norm={cfg.norm!r}"), (not cfg.pre_norm, "pre_norm=False"),

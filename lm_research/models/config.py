@@ -50,6 +50,9 @@ class ModelConfig:
   head: str = "lm"  # which output head: see HEADS
   num_labels: int = 2  # sequence/token classification heads
   pooler: bool = False  # BERT's dense+tanh over [CLS]
+  # What a sequence classifier (and BERT's pooler) reads: 'cls' = the first token (encoder) or
+  # the last one (decoder), as BERT and GPT-2 do; 'mean' = the average over real tokens
+  pooling: str = "cls"
   dropout_rate: float = 0.0
   initializer_range: float = 0.02
   dtype: str = "float32"  # compute dtype
@@ -64,6 +67,7 @@ class ModelConfig:
     _check_choice("norm", self.norm, NORMS)
     _check_choice("position", self.position, POSITIONS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
+    _check_choice("pooling", self.pooling, ("cls", "mean"))
     _check_choice("dtype", self.dtype, DTYPES)
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):

@@ -38,13 +38,20 @@ class Classifier(nnx.Module):
 
 
 class Pooler(nnx.Module):
-  """BERT's pooler: tanh(dense(first token))."""
+  """BERT's pooler: tanh(dense(v)), v the first token's (or the mean) hidden state."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.dense = dense(cfg, cfg.d_model, cfg.d_model, ("embed", None), rngs=rngs, use_bias=True)
 
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    return jnp.tanh(self.dense(x_BTD[:, 0]))
+  def __call__(self, x_BD: jax.Array) -> jax.Array:
+    return jnp.tanh(self.dense(x_BD))
+
+
+def mean_of_tokens(x_BTD: jax.Array, segments_BT: jax.Array) -> jax.Array:
+  """Each row's average hidden state over its non-padding tokens."""
+  weights_BT = (segments_BT != 0).astype(x_BTD.dtype)
+  total_BD = jnp.einsum("btd,bt->bd", x_BTD, weights_BT)
+  return total_BD / jnp.maximum(weights_BT.sum(axis=1, keepdims=True), 1.0)
 
 
 def last_token(x_BTD: jax.Array, segments_BT: jax.Array) -> jax.Array:

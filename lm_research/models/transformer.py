@@ -15,7 +15,7 @@ from lm_research.models.attention import (RelativePositionBias, attention_mask,
                                           positions_from_segments, segments_from_inputs)
 from lm_research.models.blocks import BlockContext, KVCache, LayerStack
 from lm_research.models.config import ModelConfig
-from lm_research.models.heads import Classifier, MlmHead, Pooler, last_token
+from lm_research.models.heads import Classifier, MlmHead, Pooler, last_token, mean_of_tokens
 from lm_research.models.layers import Norm, dense, dropout, normal_init
 
 
@@ -197,14 +197,16 @@ class Encoder(nnx.Module):
     ids_BT, segments_BT, positions_BT = _inputs(input_ids, attention_mask, segment_ids, positions)
     x_BTD = self.embeddings(ids_BT, positions_BT, token_type_ids, _rng(dropout_rng, 0))
     x_BTD = self.stack(x_BTD, segments_BT, positions_BT, _rng(dropout_rng, 1))
-    pooled_BD = self.pooler(x_BTD) if self.cfg.pooler else None
+    summary_BD = (x_BTD[:, 0] if self.cfg.pooling == "cls"
+                  else mean_of_tokens(x_BTD, segments_BT))
+    pooled_BD = self.pooler(summary_BD) if self.cfg.pooler else None
     head, logits, nsp = self.cfg.head, None, None
     if head in ("lm", "pretraining"):
       logits = self.mlm(x_BTD, self.embeddings.token)
     if head == "pretraining":
-      nsp = self.nsp(pooled_BD if pooled_BD is not None else x_BTD[:, 0]).astype(jnp.float32)
+      nsp = self.nsp(pooled_BD if pooled_BD is not None else summary_BD).astype(jnp.float32)
     if head == "sequence_classification":
-      logits = self.classifier(pooled_BD if pooled_BD is not None else x_BTD[:, 0],
+      logits = self.classifier(pooled_BD if pooled_BD is not None else summary_BD,
                                _rng(dropout_rng, 2))
     if head == "token_classification":
       logits = self.classifier(x_BTD, _rng(dropout_rng, 2))
@@ -247,7 +249,9 @@ class Decoder(nnx.Module):
     if self.cfg.head == "lm":
       logits = _lm_logits(self.cfg, x_BTD, self.embeddings, getattr(self, "lm_head", None))
     if self.cfg.head == "sequence_classification":
-      logits = self.classifier(last_token(x_BTD, segments_BT), _rng(dropout_rng, 2))
+      summary_BD = (last_token(x_BTD, segments_BT) if self.cfg.pooling == "cls"
+                    else mean_of_tokens(x_BTD, segments_BT))
+      logits = self.classifier(summary_BD, _rng(dropout_rng, 2))
     if self.cfg.head == "token_classification":
       logits = self.classifier(x_BTD, _rng(dropout_rng, 2))
     return ModelOutput(hidden_states=x_BTD,

@@ -22,7 +22,7 @@ from lm_research import pretrained
 from lm_research.objectives.registry import TASKS
 
 # ModelConfig fields the run decides; every other one comes from the pretrained body.
-RUN_FIELDS = ("head", "num_labels", "dtype", "param_dtype", "remat", "scan_layers")
+RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", "scan_layers")
 HEADS = {"classification": "sequence_classification", "tagging": "token_classification"}
 LABEL_FIELDS = {"classification": "label", "tagging": "tags"}
 

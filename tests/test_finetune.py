@@ -68,15 +68,20 @@ def task_config(module, train_path, eval_path, arg="", **train_overrides):
   return c
 
 
-@pytest.mark.parametrize("family", ["encoder", "decoder"])
-def test_three_class_classification_learns_and_predicts(tmp_path, family):
+@pytest.mark.parametrize("body", ["hf_bert", "decoder"])
+def test_three_class_classification_learns_and_predicts(tmp_path, body, request):
+  """An encoder loaded from a Hugging Face folder ([CLS] pooler), and a fresh GPT (last token)."""
   train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(400, 0))
   eval_rows = sentiment_rows(48, 1)
   eval_path = write_jsonl(tmp_path / "eval.jsonl", eval_rows)
   c = task_config(finetune_classification, train_path, eval_path,
-                  "decoder" if family == "decoder" else "")
+                  "decoder" if body == "decoder" else "")
+  if body == "hf_bert":
+    c.init_from = request.getfixturevalue("bert_folder")
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(c, workdir)
+  if body == "hf_bert":  # architecture and vocab.txt came from the folder
+    assert (c.model.family, c.model.vocab_size) == ("encoder", 30)
   assert metrics["eval/accuracy"] >= 0.9 and metrics["eval/f1"] >= 0.9
   assert metrics["eval/examples"] == 48  # the whole eval set, padding rows not counted
   logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
@@ -84,7 +89,7 @@ def test_three_class_classification_learns_and_predicts(tmp_path, family):
   assert (tmp_path / "run" / "plots" / "confusion_matrix.png").stat().st_size > 0
   assert json.load(open(f"{workdir}/labels.json"))["labels"] == ["negative", "neutral",
                                                                   "positive"]
-  if family == "decoder":
+  if body == "decoder":
     return
   inputs = tmp_path / "inputs.txt"
   inputs.write_text("".join(r["text"] + "\n" for r in eval_rows))
@@ -113,16 +118,6 @@ def bert_folder(tmp_path_factory):
                                    max_position_embeddings=32)
   transformers.BertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
   return str(folder)
-
-
-def test_classification_from_a_hugging_face_bert_folder(tmp_path, bert_folder):
-  train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(400, 0))
-  eval_path = write_jsonl(tmp_path / "eval.jsonl", sentiment_rows(48, 1))
-  c = task_config(finetune_classification, train_path, eval_path)
-  c.init_from = bert_folder  # architecture and vocab.txt come from the folder
-  metrics = train.train_and_evaluate(c, str(tmp_path / "run"))
-  assert c.model.d_model == 32 and c.model.vocab_size == 30  # the folder's, not TINY's
-  assert metrics["eval/accuracy"] >= 0.9
 
 
 def test_tagging_from_a_hugging_face_bert_folder(tmp_path, bert_folder):

@@ -25,6 +25,8 @@ from lm_research.objectives.registry import TASKS
 RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", "scan_layers")
 HEADS = {"classification": "sequence_classification", "tagging": "token_classification"}
 LABEL_FIELDS = {"classification": "label", "tagging": "tags"}
+# The bundled-corpus pretraining config of each family (named when init_from is missing).
+TINY_BODIES = {"encoder": "bert_tiny", "decoder": "gpt_tiny", "encoder_decoder": "t5_tiny"}
 
 
 def is_finetuning(config) -> bool:
@@ -65,9 +67,10 @@ def _checkpointed(workdir: str) -> bool:
 def adopt_pretrained(config, path: str) -> None:
   """Sets config.model (but the run's own fields) and data.tokenizer_path from ``path``."""
   if not os.path.exists(path):
+    tiny = TINY_BODIES[config.model.family]
     raise ValueError(f"init_from={path!r} does not exist; pretrain it first (e.g. `python -m "
-                     "lm_research.main --config=configs/bert_tiny.py --workdir=runs/bert_tiny`) "
-                     "or point --config.init_from at a workdir or a Hugging Face folder")
+                     f"lm_research.main --config=configs/{tiny}.py --workdir={path}`) or point "
+                     "--config.init_from at a workdir or a Hugging Face folder")
   for key, value in _pretrained_model(path).items():
     if key in config.model and key not in RUN_FIELDS:
       config.model[key] = value

@@ -106,9 +106,14 @@ def active_mesh(mesh: Mesh) -> Iterator[Mesh]:
     _ACTIVE_MESH.reset(token)
 
 
+def current_mesh() -> Mesh | None:
+  """The mesh of the enclosing ``active_mesh``, or None."""
+  return _ACTIVE_MESH.get()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op with no active mesh."""
-  mesh = _ACTIVE_MESH.get()
+  mesh = current_mesh()
   if mesh is None:
     return x
   spec = logical_to_spec(names, ACTIVATION_RULES)

@@ -56,7 +56,7 @@ def prepare(model: nnx.Module, input_ids, attention_mask, cfg: DecodeConfig,
     rng = jax.random.key(0)  # unused by greedy and beam search; keeps one signature
   graphdef, state = nnx.split(model)
   # constrain() reads the active mesh while tracing, so the mesh is part of the cache key.
-  mesh = sharding._ACTIVE_MESH.get()  # pylint: disable=protected-access
+  mesh = sharding.current_mesh()
   options = tuple(sorted((COMPILER_OPTIONS or {}).items()))
   return _jitted(graphdef, cfg, mesh, options), (state, ids_BT, mask_BT, rng)
 

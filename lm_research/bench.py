@@ -79,7 +79,7 @@ def run_bench(config: ml_collections.ConfigDict, *, batch_size: int, seq_len: in
       times.append(time.perf_counter() - start)
   step_time = statistics.median(times)
   tokens_per_step = batch_size * (seq_len + exp.target_len)
-  flops_per_example = metrics.train_flops_per_example(exp.model_cfg, seq_len, exp.target_len)
+  flops_per_example = exp.train_flops_per_example()
   n_devices = exp.mesh.size
   achieved = flops_per_example * batch_size / step_time / n_devices  # per device
   peak_table = metrics.table_peak_flops(jax.devices()[0])

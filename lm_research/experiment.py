@@ -16,9 +16,10 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lm_research import sharding, steps
+from lm_research import metrics, sharding, steps
 from lm_research.data import inputs
 from lm_research.models import ModelConfig, build_model
+from lm_research.objectives import masked_lm
 from lm_research.objectives.registry import TASKS, get_objective
 from lm_research.objectives.span_corruption import random_spans_helper
 from lm_research.optim import OptimConfig
@@ -51,6 +52,18 @@ class Experiment:
     if self.config.objective == "seq2seq":
       return self.config.train.seq_len
     return random_spans_helper(self.config.train.seq_len)[1]
+
+  @property
+  def mlm_positions(self) -> int | None:
+    """Rows of MLM logits per example for mlm_nsp (its masked positions), else None."""
+    if self.config.objective != "mlm_nsp":
+      return None
+    return masked_lm.predictions_per_row(self.config.data, self.config.train.seq_len)
+
+  def train_flops_per_example(self) -> float:
+    """Model FLOPs of one training example (forward + backward) at the configured lengths."""
+    return metrics.train_flops_per_example(self.model_cfg, self.config.train.seq_len,
+                                           self.target_len, self.mlm_positions)
 
   @property
   def task(self) -> str:

@@ -34,15 +34,20 @@ def _layer_matmul_params(cfg: ModelConfig, cross: bool) -> int:
   return attention * (2 if cross else 1) + mlp
 
 
-def forward_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 0) -> float:
-  """Forward-pass FLOPs for one example of ``seq_len`` tokens (and ``target_len`` for T5)."""
+def forward_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 0,
+                              mlm_positions: int | None = None) -> float:
+  """Forward-pass FLOPs for one example of ``seq_len`` tokens (and ``target_len`` for T5).
+
+  ``mlm_positions``: an encoder's MLM head runs at this many positions (the masked ones)
+  instead of all ``seq_len``.
+  """
   nh = cfg.num_heads * cfg.dim_per_head
   d, v = cfg.d_model, cfg.vocab_size
   if cfg.family == "encoder":
     per_token = 2 * cfg.num_layers * _layer_matmul_params(cfg, cross=False)
-    per_token += 2 * (d * d + d * v) if cfg.head in ("lm", "pretraining") else 0
+    head = 2 * (d * d + d * v) if cfg.head in ("lm", "pretraining") else 0
     attention = cfg.num_layers * 4 * seq_len * seq_len * nh
-    return per_token * seq_len + attention
+    return per_token * seq_len + head * (mlm_positions or seq_len) + attention
   if cfg.family == "decoder":
     per_token = 2 * cfg.num_layers * _layer_matmul_params(cfg, cross=False) + 2 * d * v
     attention = cfg.num_layers * 2 * seq_len * seq_len * nh  # causal: half of 4 T^2 NH
@@ -59,9 +64,10 @@ def forward_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 
   return encoder + decoder
 
 
-def train_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 0) -> float:
+def train_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 0,
+                            mlm_positions: int | None = None) -> float:
   """Forward + backward FLOPs for one training example."""
-  return 3.0 * forward_flops_per_example(cfg, seq_len, target_len)
+  return 3.0 * forward_flops_per_example(cfg, seq_len, target_len, mlm_positions)
 
 
 def table_peak_flops(device: jax.Device) -> float | None:

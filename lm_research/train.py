@@ -169,8 +169,7 @@ class _Throughput:
 
   def __init__(self, exp: Experiment):
     self.exp = exp
-    self.flops_per_example = flops.train_flops_per_example(
-        exp.model_cfg, exp.config.train.seq_len, exp.target_len)
+    self.flops_per_example = exp.train_flops_per_example()
     peak, source = flops.peak_flops_per_device()
     # Fake CPU devices share one host's cores, so the host's matmul rate is the peak.
     scale = jax.process_count() if jax.default_backend() == "cpu" else jax.device_count()

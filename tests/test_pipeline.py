@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lm_research.data import packing, pipeline
-from lm_research.objectives import span_corruption
+from lm_research.objectives import masked_lm, span_corruption
 
 
 class NumberTokenizer:
@@ -124,7 +124,8 @@ def test_batch_contract(objective):
       "mlm_nsp": {k: (np.int32, (4, SEQ)) for k in ("input_ids", "token_type_ids",
                                                      "attention_mask", "mlm_targets")}
                  | {"mlm_weights": (np.float32, (4, SEQ)), "nsp_labels": (np.int32, (4,)),
-                    "nsp_weights": (np.float32, (4,))},
+                    "nsp_weights": (np.float32, (4,)),
+                    "mlm_positions": (np.int32, (4, masked_lm.default_max_predictions(SEQ)))},
       "span_corruption": {k: (np.int32, (4, SEQ)) for k in ("input_ids", "segment_ids",
                                                              "positions")}
                          | {k: (np.int32, (4, t_dec)) for k in (

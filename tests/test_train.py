@@ -388,6 +388,9 @@ def test_encoder_forward_flops_by_hand():
   want = 2 * 19456 * 16 + 2 * causal
   assert metrics.forward_flops_per_example(cfg, 16) == want == 688128
   assert metrics.train_flops_per_example(cfg, 16) == 3 * want
+  # MLM logits at 3 masked positions only: the head (transform + tied decoder) runs 3 times.
+  head = 2 * (32 * 32 + 32 * 64)
+  assert metrics.forward_flops_per_example(cfg, 16, mlm_positions=3) == want - 13 * head
 
 
 def test_encoder_decoder_forward_flops_by_hand():

@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lm_research.data.synthetic import SyntheticSource, synthetic_batch
+from lm_research.objectives import masked_lm
 
 EVAL_SEED_OFFSET = 1_000_003  # eval data never shares randomness with training data
 _TEXTS_FOR_TOKENIZER = 200_000  # records read to train a tokenizer (bounded: big corpora)
@@ -47,6 +48,13 @@ def _pipeline_options(config) -> dict:
   names = ("short_seq_prob", "masked_lm_prob", "max_predictions_per_seq", "whole_word_mask",
            "noise_density", "mean_noise_span_length")
   return {n: config.data[n] for n in names if n in config.data}
+
+
+def _synthetic_options(config) -> dict:
+  """The objective options that shape a synthetic batch (mlm_nsp's predictions per row)."""
+  if config.objective != "mlm_nsp":
+    return {}
+  return {"max_predictions": masked_lm.predictions_per_row(config.data, config.train.seq_len)}
 
 
 def num_data_shards(config, num_documents: int) -> int:
@@ -127,7 +135,8 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
   if config.data.source == "synthetic":
     return SyntheticSource(config.objective, seed=seed, batch_size=config.train.batch_size,
                            seq_len=config.train.seq_len, vocab_size=config.model.vocab_size,
-                           process_index=process_index, process_count=process_count)
+                           process_index=process_index, process_count=process_count,
+                           **_synthetic_options(config))
   from lm_research.data import pipeline, sources  # noqa: PLC0415
   source = sources.open_source(config.data, split, workdir)
   num_train_documents = len(source if split == "train" else
@@ -160,6 +169,7 @@ def eval_batches(config, batches: Iterator[dict], num_batches: int) -> Iterator[
     if batch is None:
       shapes = synthetic_batch(config.objective, step=0, seed=0,
                                batch_size=config.train.batch_size // jax.process_count(),
-                               seq_len=config.train.seq_len, vocab_size=config.model.vocab_size)
+                               seq_len=config.train.seq_len, vocab_size=config.model.vocab_size,
+                               **_synthetic_options(config))
       batch = {k: np.zeros_like(v) for k, v in shapes.items()}
     yield batch

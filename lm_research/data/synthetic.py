@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lm_research.objectives.masked_lm import default_max_predictions
 from lm_research.objectives.span_corruption import random_spans_helper
 
 FIRST_TOKEN = 5  # ids below this are left to special tokens (pad, eos, cls, sep, mask)
@@ -37,16 +38,26 @@ def _causal_lm(rng, batch, length, vocab):
           "loss_mask": (same_doc & (segments != 0)).astype(np.float32)}
 
 
-def _mlm_nsp(rng, batch, length, vocab):
+def _mlm_nsp(rng, batch, length, vocab, max_predictions=None):
   used = rng.integers(length // 2, length + 1, batch)
   mask = (np.arange(length)[None, :] < used[:, None]).astype(np.int32)
   tokens = rng.integers(FIRST_TOKEN, vocab, (batch, length)).astype(np.int32) * mask
   split = used // 2
   types = ((np.arange(length)[None, :] >= split[:, None]) & (mask == 1)).astype(np.int32)
-  weights = ((rng.random((batch, length)) < 0.15) & (mask == 1)).astype(np.float32)
+  # 15% of each row's tokens (never position 0, the [CLS] slot), at most max_predictions of
+  # them, listed in mlm_positions padded with 0 as the real pipeline does.
+  predictions = max_predictions or default_max_predictions(length)
+  weights = np.zeros((batch, length), np.float32)
+  mlm_positions = np.zeros((batch, predictions), np.int32)
+  for row in range(batch):
+    count = min(predictions, max(1, round(0.15 * int(used[row]))))
+    chosen = np.sort(rng.choice(np.arange(1, used[row]), count, replace=False))
+    weights[row, chosen] = 1.0
+    mlm_positions[row, :count] = chosen
   return {"input_ids": tokens, "token_type_ids": types, "attention_mask": mask,
           "mlm_targets": rng.integers(FIRST_TOKEN, vocab, (batch, length)).astype(np.int32),
-          "mlm_weights": weights, "nsp_labels": rng.integers(0, 2, batch).astype(np.int32),
+          "mlm_weights": weights, "mlm_positions": mlm_positions,
+          "nsp_labels": rng.integers(0, 2, batch).astype(np.int32),
           "nsp_weights": np.ones(batch, np.float32)}
 
 
@@ -68,11 +79,15 @@ _MAKERS = {"causal_lm": _causal_lm, "mlm_nsp": _mlm_nsp, "span_corruption": _spa
 
 
 def synthetic_batch(objective: str, *, step: int, seed: int, batch_size: int, seq_len: int,
-                    vocab_size: int, process_index: int = 0,
-                    process_count: int = 1) -> dict[str, np.ndarray]:
-  """This process's rows of global batch number ``step`` for ``objective``."""
+                    vocab_size: int, process_index: int = 0, process_count: int = 1,
+                    max_predictions: int | None = None) -> dict[str, np.ndarray]:
+  """This process's rows of global batch number ``step`` for ``objective``.
+
+  ``max_predictions``: mlm_nsp's masked positions per row (default: ceil of 15% of seq_len).
+  """
   rng = np.random.default_rng([seed, step])
-  batch = _MAKERS[objective](rng, batch_size, seq_len, vocab_size)
+  extra = {"max_predictions": max_predictions} if objective == "mlm_nsp" else {}
+  batch = _MAKERS[objective](rng, batch_size, seq_len, vocab_size, **extra)
   rows = batch_size // process_count
   return {k: v[process_index * rows:(process_index + 1) * rows] for k, v in batch.items()}
 

@@ -192,7 +192,8 @@ class Encoder(nnx.Module):
       self.classifier = Classifier(cfg, cfg.num_labels, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None,
-               positions=None, dropout_rng=None) -> ModelOutput:
+               positions=None, dropout_rng=None, mlm_positions=None) -> ModelOutput:
+    """Encoder outputs; ``mlm_positions`` [B, P] limits the MLM logits to those positions."""
     _check_length(input_ids, self.cfg)
     ids_BT, segments_BT, positions_BT = _inputs(input_ids, attention_mask, segment_ids, positions)
     x_BTD = self.embeddings(ids_BT, positions_BT, token_type_ids, _rng(dropout_rng, 0))
@@ -202,7 +203,9 @@ class Encoder(nnx.Module):
     pooled_BD = self.pooler(summary_BD) if self.cfg.pooler else None
     head, logits, nsp = self.cfg.head, None, None
     if head in ("lm", "pretraining"):
-      logits = self.mlm(x_BTD, self.embeddings.token)
+      x_BPD = (x_BTD if mlm_positions is None
+               else jnp.take_along_axis(x_BTD, mlm_positions[..., None], axis=1))
+      logits = self.mlm(x_BPD, self.embeddings.token)
     if head == "pretraining":
       nsp = self.nsp(pooled_BD if pooled_BD is not None else summary_BD).astype(jnp.float32)
     if head == "sequence_classification":

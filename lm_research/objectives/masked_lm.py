@@ -37,6 +37,13 @@ def default_max_predictions(seq_len: int, masked_lm_prob: float = 0.15) -> int:
   return int(math.ceil(seq_len * masked_lm_prob))
 
 
+def predictions_per_row(data_config, seq_len: int) -> int:
+  """The masked-position count of a config's rows: ``data.max_predictions_per_seq`` or the default."""
+  if data_config.get("max_predictions_per_seq") is not None:
+    return int(data_config.max_predictions_per_seq)
+  return default_max_predictions(seq_len, data_config.get("masked_lm_prob", 0.15))
+
+
 def special_token_ids(tokenizer) -> list[int]:
   """Every special id the tokenizer defines (pad, unk, bos, eos, cls, sep, mask, sentinels)."""
   ids = [getattr(tokenizer, name, None)
@@ -205,8 +212,12 @@ class MlmNspBuilder:
     weights[positions] = 1.0
     attention = np.zeros((self.max_seq_len,), np.int32)
     attention[:length] = 1
+    # The masked positions, padded with 0 ([CLS], never masked, weight 0) to a fixed count:
+    # the loss computes vocabulary logits at these positions only.
+    mlm_positions = np.zeros((self.max_predictions,), np.int32)
+    mlm_positions[:len(positions)] = positions
     return {"input_ids": masked, "token_type_ids": types, "attention_mask": attention,
-            "mlm_targets": targets, "mlm_weights": weights,
+            "mlm_targets": targets, "mlm_weights": weights, "mlm_positions": mlm_positions,
             "nsp_labels": np.int32(nsp_label),
             # 1 for a real example; padded evaluation rows carry 0 (the loss reads it).
             "nsp_weights": np.float32(1.0)}
@@ -224,11 +235,22 @@ class MlmNspBuilder:
 
 
 def loss_numerators(model, batch, dropout_rng, z_loss):
-  """Cross-entropy on masked tokens plus next-sentence classification (sums)."""
+  """Cross-entropy on masked tokens plus next-sentence classification (sums).
+
+  With ``mlm_positions`` in the batch (the pipeline's batches have it), vocabulary logits are
+  computed at those positions only, as the original BERT's ``max_predictions_per_seq`` gather
+  does: at seq 128 that is 20 rows of the 30k-wide projection instead of 128.
+  """
   del z_loss  # an encoder's MLM softmax needs no z-loss
+  positions_BP = batch.get("mlm_positions")
   out = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-              token_type_ids=batch["token_type_ids"], dropout_rng=dropout_rng)
-  mlm = cross_entropy_sums(out.logits, batch["mlm_targets"], batch["mlm_weights"])
+              token_type_ids=batch["token_type_ids"], dropout_rng=dropout_rng,
+              mlm_positions=positions_BP)
+  targets, weights = batch["mlm_targets"], batch["mlm_weights"]
+  if positions_BP is not None:
+    targets = jnp.take_along_axis(targets, positions_BP, axis=1)
+    weights = jnp.take_along_axis(weights, positions_BP, axis=1)
+  mlm = cross_entropy_sums(out.logits, targets, weights)
   nsp_weights = batch["nsp_weights"]
   nsp_ce = optax.softmax_cross_entropy_with_integer_labels(out.nsp_logits, batch["nsp_labels"])
   nsp_correct = jnp.argmax(out.nsp_logits, -1) == batch["nsp_labels"]

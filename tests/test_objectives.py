@@ -2,10 +2,16 @@
 
 import zlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from lm_research.data import synthetic
+from lm_research.models import ModelConfig, build_model
 from lm_research.objectives import causal_lm, masked_lm, span_corruption
+from lm_research.objectives.losses import cross_entropy_sums
 
 
 class PieceTokenizer:
@@ -107,6 +113,33 @@ def test_mlm_cap_respected():
   for ex in _mlm_examples(builder, docs):
     n = int(ex["attention_mask"].sum()) - 3
     assert ex["mlm_weights"].sum() == min(5, max(1, round(0.15 * n)))
+
+
+def test_mlm_positions_list_the_masked_positions():
+  docs = _text_documents(np.random.default_rng(2), 10)
+  builder = masked_lm.MlmNspBuilder(TOK, max_seq_len=64, max_predictions_per_seq=6)
+  for ex in _mlm_examples(builder, docs):
+    masked = np.flatnonzero(ex["mlm_weights"])
+    assert ex["mlm_positions"].shape == (6,)
+    np.testing.assert_array_equal(ex["mlm_positions"][:len(masked)], masked)
+    assert not ex["mlm_positions"][len(masked):].any()  # padding points at [CLS], weight 0
+
+
+def test_mlm_loss_at_gathered_positions_equals_full_logits():
+  """Logits computed only at mlm_positions give the same sums as logits at every position."""
+  cfg = ModelConfig(family="encoder", vocab_size=64, d_model=16, num_layers=1, num_heads=2,
+                    d_ff=32, max_len=32, type_vocab_size=2, pre_norm=False, pooler=True,
+                    head="pretraining")
+  model = build_model(cfg, 0)
+  batch = synthetic.synthetic_batch("mlm_nsp", step=0, seed=0, batch_size=3, seq_len=32,
+                                    vocab_size=64)
+  assert batch["mlm_positions"].shape == (3, 5)  # ceil(15% of 32)
+  full = {k: v for k, v in batch.items() if k != "mlm_positions"}
+  gathered = masked_lm.loss_numerators(model, batch, None, 0.0)
+  reference = masked_lm.loss_numerators(model, full, None, 0.0)
+  for term, value in reference.items():
+    np.testing.assert_allclose(gathered[term], value, rtol=1e-5, err_msg=term)
+  assert reference["mlm_accuracy"] >= 0 and reference["mlm_loss"] > 0
 
 
 def test_whole_word_masking_masks_all_pieces_together():
@@ -290,3 +323,28 @@ def test_span_corruption_too_few_sentinels_is_a_clear_error():
   tok.sentinel_ids = [1999, 1998]
   with pytest.raises(ValueError, match="sentinel"):
     span_corruption.SpanCorruptionBuilder(tok, input_length=512)
+
+
+def test_cross_entropy_sums_match_optax_and_argmax():
+  """The shared-maximum cross-entropy equals optax's, its gradient too, and the accuracy argmax's."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 11)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32)
+  targets = targets.at[0, :3].set(jnp.argmax(logits[0, :3], -1))  # some correct predictions
+  weights = jnp.asarray(rng.random((3, 5)) < 0.7, jnp.float32)
+
+  def reference(x):
+    ce = optax.softmax_cross_entropy_with_integer_labels(x, targets)
+    log_z = jax.nn.logsumexp(x, axis=-1)
+    return {"ce": jnp.sum(ce * weights),
+            "correct": jnp.sum((jnp.argmax(x, -1) == targets) * weights),
+            "z": 1e-2 * jnp.sum(log_z ** 2 * weights)}
+
+  ours, want = cross_entropy_sums(logits, targets, weights, z_loss=1e-2), reference(logits)
+  for term in ("ce", "correct", "z"):
+    np.testing.assert_allclose(ours[term], want[term], rtol=1e-6, err_msg=term)
+  assert want["correct"] >= 1
+  grad = jax.grad(lambda x: sum(cross_entropy_sums(x, targets, weights, 1e-2)[t]
+                                for t in ("ce", "z")))(logits)
+  want_grad = jax.grad(lambda x: reference(x)["ce"] + reference(x)["z"])(logits)
+  np.testing.assert_allclose(grad, want_grad, atol=1e-6)

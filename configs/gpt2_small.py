@@ -2,7 +2,10 @@
 
 Command (web-text pretraining needs an accelerator):
   python -m lm_research.main --config=configs/gpt2_small.py --workdir=runs/gpt2_small
-Layers run under ``jax.lax.scan`` so the step compiles once per block, not 12 times.
+Layers run under ``jax.lax.scan`` so the step compiles once per block, not 12 times. Each block
+keeps only its matmul outputs for the backward pass (remat='save_dots'): attention scores and
+elementwise results are recomputed, which halves the step's memory and, on a 2-core CPU, made
+it ~4% faster than keeping everything (README, Performance).
 """
 
 from configs import base
@@ -16,7 +19,7 @@ def get_config(arg: str = ""):
   c.model = base.model_block(
       family="decoder", vocab_size=50257, d_model=768, num_layers=12, num_heads=12, d_ff=3072,
       max_len=1024, activation="gelu_tanh", norm_eps=1e-5, dropout_rate=0.1, head="lm",
-      scan_layers=True)
+      scan_layers=True, remat="save_dots")
   c.train.seq_len = 1024
   c.train.batch_size = 512
   c.train.steps = 600_000

@@ -116,7 +116,7 @@ def main(argv: Sequence[str]) -> None:
   print(f"{'tokens/s':<24}{ours['tokens_per_sec']:>14,.0f}{theirs['tokens_per_sec']:>14,.0f}")
   print(f"{'ratio (ours / torch)':<24}{ratio:>14.2f}")
   sys.stdout.flush()
-  print(json.dumps({"config": bench._CONFIG_PATH(),
+  print(json.dumps({"config": bench.config_path_flag(),
                     "batch_size": _BATCH.value, "seq_len": _SEQ.value,
                     "ours_tokens_per_sec": ours["tokens_per_sec"],
                     "torch_tokens_per_sec": theirs["tokens_per_sec"],

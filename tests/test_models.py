@@ -439,6 +439,8 @@ def test_sequence_longer_than_max_len_raises():
     (dict(family="decoder", position="relative"), r"position='relative'"),
     (dict(norm="batchnorm"), r"model\.norm='batchnorm'"),
     (dict(dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
+    (dict(attention_impl="flash"), r"model\.attention_impl='flash' is not one of"),
+    (dict(attention_impl="cudnn"), r"attention_impl='cudnn' needs model\.dtype=bfloat16"),
 ])
 def test_bad_model_config_raises(changes, message):
   """Impossible ModelConfig values fail at construction with a sentence naming the field."""

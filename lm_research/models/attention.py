@@ -18,10 +18,14 @@ from lm_research.models.layers import dense, normal_init
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
-                          scale: float | None = None) -> jax.Array:
-  """softmax(q k^T * scale + bias, masked) v via jax.nn.dot_product_attention (cuDNN on GPU)."""
+                          scale: float | None = None, implementation: str = "xla") -> jax.Array:
+  """softmax(q k^T * scale + bias, masked) v via jax.nn.dot_product_attention.
+
+  ``implementation``: 'xla' everywhere, or 'cudnn' (flash attention on NVIDIA GPUs).
+  """
   return jax.nn.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, bias=bias_BNTS, mask=mask_B1TS, scale=scale)
+      q_BTNH, k_BSKH, v_BSKH, bias=bias_BNTS, mask=mask_B1TS, scale=scale,
+      implementation=implementation)
 
 
 def segments_from_inputs(input_ids_BT, attention_mask_BT=None, segment_ids_BT=None) -> jax.Array:
@@ -120,6 +124,7 @@ class Attention(nnx.Module):
     self.out = dense(cfg, n * h, d, ("heads", "embed"), rngs=rngs)
     self.rope_theta = cfg.rope_theta if cfg.position == "rope" else None
     self.scale = cfg.attention_scale
+    self.implementation = cfg.attention_impl
 
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
                bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
@@ -150,5 +155,6 @@ class Attention(nnx.Module):
     if bias_BNTS is not None:
       bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,
-                                   bias_BNTS=bias_BNTS, scale=self.scale)
+                                   bias_BNTS=bias_BNTS, scale=self.scale,
+                                   implementation=self.implementation)
     return self.out(o_BTNH.reshape(b, t, self.num_heads * self.head_dim))

@@ -18,6 +18,7 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "relative")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,9 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"  # storage dtype of parameters (keep f32 master weights)
   remat: str = "none"  # rematerialise each block: 'none' | 'full' | 'save_dots'
+  # jax.nn.dot_product_attention's kernel: 'xla' (any device) or 'cudnn' (flash attention on
+  # NVIDIA GPUs, bf16/fp16 compute only)
+  attention_impl: str = "xla"
   scan_layers: bool = False  # one jax.lax.scan over stacked layers instead of a Python loop
 
   def __post_init__(self):
@@ -67,6 +71,10 @@ class ModelConfig:
     _check_choice("norm", self.norm, NORMS)
     _check_choice("position", self.position, POSITIONS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
+    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    if self.attention_impl == "cudnn" and self.dtype == "float32":
+      raise ValueError("model.attention_impl='cudnn' needs model.dtype=bfloat16 or float16; "
+                       "set one, or use attention_impl='xla'.")
     _check_choice("pooling", self.pooling, ("cls", "mean"))
     _check_choice("dtype", self.dtype, DTYPES)
     _check_choice("param_dtype", self.param_dtype, DTYPES)

@@ -143,6 +143,17 @@ def test_tagging_from_a_hugging_face_bert_folder(tmp_path, bert_folder):
       metrics["eval/token_accuracy"])
 
 
+def test_body_fields_come_from_the_folder_and_run_fields_from_the_config(bert_folder):
+  """Architecture from init_from (the folder: 32 wide, dropout 0.1); dropout and pooling stay
+  the run's own choice."""
+  from lm_research.tasks import setup  # noqa: PLC0415
+  c = task_config(finetune_tagging, "unused", "unused")
+  c.model.update(d_model=64, dropout_rate=0.0, pooling="mean")
+  setup.adopt_pretrained(c, bert_folder)
+  assert (c.model.d_model, c.model.dropout_rate, c.model.pooling) == (32, 0.0, "mean")
+  assert c.data.tokenizer_path == bert_folder  # the folder's own vocab.txt
+
+
 @pytest.mark.parametrize("problem, message", [
     ("unseen", "the eval set has 1 label"),
     ("empty", "is empty"),

@@ -22,7 +22,8 @@ from lm_research import pretrained
 from lm_research.objectives.registry import TASKS
 
 # ModelConfig fields the run decides; every other one comes from the pretrained body.
-RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", "scan_layers")
+RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", "scan_layers",
+              "attention_impl", "dropout_rate")
 HEADS = {"classification": "sequence_classification", "tagging": "token_classification"}
 LABEL_FIELDS = {"classification": "label", "tagging": "tags"}
 # The bundled-corpus pretraining config of each family (named when init_from is missing).

@@ -159,11 +159,12 @@ def recording_attention():
   original = attention.dot_product_attention
   recorded: list[np.ndarray] = []
 
-  def recorder(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None, scale=None):
+  def recorder(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None, scale=None,
+               implementation="xla"):
     recorded.append(attention_probabilities(q_BTNH, k_BSKH, mask_B1TS=mask_B1TS,
                                             bias_BNTS=bias_BNTS, scale=scale))
     return original(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                    scale=scale)
+                    scale=scale, implementation=implementation)
 
   attention.dot_product_attention = recorder
   try:

@@ -53,6 +53,20 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
+# The signalled runs go on well past the signal (sent once step 9 is logged): at ~13 ms a tiny
+# step, a 12-step run could finish before the signal arrived.
+SIGNALLED_STEPS = 32
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_long(tmp_path_factory):
+  """The signal tests' reference: SIGNALLED_STEPS steps, checkpoints every 4 steps."""
+  workdir = str(tmp_path_factory.mktemp("full_long"))
+  train.train_and_evaluate(
+      _config(**{"train.steps": SIGNALLED_STEPS, "checkpoint.every_steps": 4}), workdir)
+  return workdir
+
+
 def test_resume_in_process_is_bitwise_identical(uninterrupted, tmp_path):
   """Stopping at step 6 and rerunning the same config gives the same loss at every step."""
   workdir = str(tmp_path)
@@ -145,9 +159,10 @@ def test_init_from_shape_mismatch_is_one_line_error(tmp_path):
 
 
 def _cli(workdir, *extra, env=None):
-  """Command line of the 12-step reference run (same config as ``uninterrupted``)."""
+  """Command line of the signalled run (same config as ``uninterrupted_long``)."""
   args = [sys.executable, "-m", "lm_research.main", "--config=configs/gpt_tiny.py",
-          f"--workdir={workdir}", "--config.train.steps=12", "--config.checkpoint.every_steps=4"]
+          f"--workdir={workdir}", f"--config.train.steps={SIGNALLED_STEPS}",
+          "--config.checkpoint.every_steps=4"]
   args += [f"--config.{k}={v}" for k, v in TINY.items()]
   return subprocess.Popen(args + list(extra), cwd=ROOT, env=env or os.environ.copy(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -165,7 +180,7 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_signal_then_rerun_matches_uninterrupted(uninterrupted, tmp_path, sig):
+def test_signal_then_rerun_matches_uninterrupted(uninterrupted_long, tmp_path, sig):
   """SIGTERM (save at the step boundary, exit 0) or SIGKILL mid-run, then the same command."""
   workdir = str(tmp_path)
   proc = _cli(workdir)
@@ -183,4 +198,4 @@ def test_signal_then_rerun_matches_uninterrupted(uninterrupted, tmp_path, sig):
   out, _ = rerun.communicate(timeout=300)
   assert rerun.returncode == 0, out[-2000:]
   assert "Resuming from" in out
-  assert _losses(workdir) == _losses(uninterrupted)
+  assert _losses(workdir) == _losses(uninterrupted_long)

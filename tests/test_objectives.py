@@ -139,7 +139,6 @@ def test_mlm_loss_at_gathered_positions_equals_full_logits():
   reference = masked_lm.loss_numerators(model, full, None, 0.0)
   for term, value in reference.items():
     np.testing.assert_allclose(gathered[term], value, rtol=1e-5, err_msg=term)
-  assert reference["mlm_accuracy"] >= 0 and reference["mlm_loss"] > 0
 
 
 def test_whole_word_masking_masks_all_pieces_together():

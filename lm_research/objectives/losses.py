@@ -43,7 +43,8 @@ def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT:
 
   One maximum over the vocabulary serves the stable log-sum-exp, the z-loss and the accuracy
   (a prediction is correct when the target's logit is the row's maximum): a separate argmax
-  would read the [B, T, V] logits once more, ~4% of a GPT-2 small CPU step.
+  would read the [B, T, V] logits once more (its own 2048 x 50257 reduction, ~1.5% of a GPT-2
+  small CPU step in a profile).
   """
   logits_BTV = logits_BTV.astype(jnp.float32)
   weights_BT = weights_BT.astype(jnp.float32)

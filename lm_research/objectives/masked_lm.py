@@ -38,7 +38,7 @@ def default_max_predictions(seq_len: int, masked_lm_prob: float = 0.15) -> int:
 
 
 def predictions_per_row(data_config, seq_len: int) -> int:
-  """The masked-position count of a config's rows: ``data.max_predictions_per_seq`` or the default."""
+  """Masked positions per row: ``data.max_predictions_per_seq``, else BERT's default."""
   if data_config.get("max_predictions_per_seq") is not None:
     return int(data_config.max_predictions_per_seq)
   return default_max_predictions(seq_len, data_config.get("masked_lm_prob", 0.15))

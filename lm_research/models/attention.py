@@ -15,17 +15,24 @@ from flax import nnx
 from lm_research import sharding
 from lm_research.models.config import ModelConfig
 from lm_research.models.layers import dense, normal_init
+from lm_research.models.softmax_attention import softmax_attention
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
                           scale: float | None = None, implementation: str = "xla") -> jax.Array:
-  """softmax(q k^T * scale + bias, masked) v via jax.nn.dot_product_attention.
+  """softmax(q k^T * scale + bias, masked) v.
 
-  ``implementation``: 'xla' everywhere, or 'cudnn' (flash attention on NVIDIA GPUs).
+  ``implementation``: 'xla' everywhere (``softmax_attention``: XLA ops with a hand-written
+  backward), or 'cudnn' (flash attention on NVIDIA GPUs via jax.nn.dot_product_attention).
   """
-  return jax.nn.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, bias=bias_BNTS, mask=mask_B1TS, scale=scale,
-      implementation=implementation)
+  if implementation == "cudnn":
+    return jax.nn.dot_product_attention(
+        q_BTNH, k_BSKH, v_BSKH, bias=bias_BNTS, mask=mask_B1TS, scale=scale,
+        implementation=implementation)
+  if scale is None:
+    scale = 1.0 / math.sqrt(q_BTNH.shape[-1])
+  return softmax_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
+                           scale=scale)
 
 
 def segments_from_inputs(input_ids_BT, attention_mask_BT=None, segment_ids_BT=None) -> jax.Array:

@@ -11,11 +11,15 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from lm_research import sharding
 from lm_research.models.config import ModelConfig
 from lm_research.models.layers import dense, normal_init
 from lm_research.models.softmax_attention import softmax_attention
+
+# The name remat policies use to keep the attention output (models/blocks.py: 'save_dots').
+ATTENTION_OUT = "attention_out"
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
@@ -164,4 +168,5 @@ class Attention(nnx.Module):
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,
                                    bias_BNTS=bias_BNTS, scale=self.scale,
                                    implementation=self.implementation)
+    o_BTNH = checkpoint_name(o_BTNH, ATTENTION_OUT)
     return self.out(o_BTNH.reshape(b, t, self.num_heads * self.head_dim))

@@ -11,13 +11,17 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from lm_research import sharding
-from lm_research.models.attention import Attention
+from lm_research.models.attention import ATTENTION_OUT, Attention
 from lm_research.models.config import ModelConfig
 from lm_research.models.layers import Mlp, Norm, dropout
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # The matmuls with weights, and the attention output: saving it (T x D, small) spares the
+    # backward pass a second run of the attention forward (two T x S matmuls and a softmax).
+    "save_dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT)),
 }
 
 

@@ -37,7 +37,7 @@ def torch_model_and_batch(cfg, batch_size: int, seq_len: int):
 
   m = cfg.model
   # Dropout where our models have it (embeddings, residual branches); none on the attention
-  # probabilities, which our attention (jax.nn.dot_product_attention) does not drop out.
+  # probabilities, which our attention (models/softmax_attention.py) does not drop out.
   gen = torch.Generator().manual_seed(0)
   ids = torch.randint(0, m.vocab_size, (batch_size, seq_len), generator=gen)
   if m.family == "encoder":

@@ -134,8 +134,8 @@ def _all_positive(runs, key) -> bool:
 
 def attention_probabilities(q_BTNH, k_BSKH, *, mask_B1TS=None, bias_BNTS=None,
                             scale: float | None = None) -> np.ndarray:
-  """softmax(q k^T * scale + bias) under the mask, (B, N, T, S): the weights
-  ``jax.nn.dot_product_attention`` applies (query head n reads kv head n // (N / K))."""
+  """softmax(q k^T * scale + bias) under the mask, (B, N, T, S): the weights the model's
+  attention applies (query head n reads kv head n // (N / K))."""
   q = np.asarray(q_BTNH, np.float32)
   k = np.asarray(k_BSKH, np.float32)
   n, kv = q.shape[2], k.shape[2]

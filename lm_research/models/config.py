@@ -59,8 +59,8 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"  # storage dtype of parameters (keep f32 master weights)
   remat: str = "none"  # rematerialise each block: 'none' | 'full' | 'save_dots'
-  # jax.nn.dot_product_attention's kernel: 'xla' (any device) or 'cudnn' (flash attention on
-  # NVIDIA GPUs, bf16/fp16 compute only)
+  # 'xla' (any device: models/softmax_attention.py, XLA ops with a hand-written backward) or
+  # 'cudnn' (jax.nn.dot_product_attention's flash attention on NVIDIA GPUs, bf16/fp16 only)
   attention_impl: str = "xla"
   scan_layers: bool = False  # one jax.lax.scan over stacked layers instead of a Python loop
 

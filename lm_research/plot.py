@@ -160,11 +160,11 @@ def recording_attention():
   recorded: list[np.ndarray] = []
 
   def recorder(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None, scale=None,
-               implementation="xla"):
+               implementation="xla", causal=False):
     recorded.append(attention_probabilities(q_BTNH, k_BSKH, mask_B1TS=mask_B1TS,
                                             bias_BNTS=bias_BNTS, scale=scale))
     return original(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                    scale=scale, implementation=implementation)
+                    scale=scale, implementation=implementation, causal=causal)
 
   attention.dot_product_attention = recorder
   try:

@@ -21,8 +21,11 @@ def textbook_attention(q, k, v, mask, bias, scale):
   return jnp.einsum("bnts,bsnh->btnh", weights, v)
 
 
-@pytest.mark.parametrize("kv_heads,bias_batch", [(4, None), (2, 1), (4, 2)])
-def test_values_and_gradients_match_autodiff(kv_heads, bias_batch):
+@pytest.mark.parametrize("kv_heads,bias_batch,block", [
+    (4, None, 0), (2, 1, 0), (4, 2, 0),
+    # causal blocks of 2 query rows: 5 rows become blocks of 2 and 3 over 2 and 5 keys
+    (4, None, 2), (2, 1, 2), (4, 2, 2)])
+def test_values_and_gradients_match_autodiff(kv_heads, bias_batch, block):
   b, t, n, h = 2, 5, 4, 3
   keys = jax.random.split(jax.random.key(0), 6)
   q = jax.random.normal(keys[0], (b, t, n, h))
@@ -39,8 +42,8 @@ def test_values_and_gradients_match_autodiff(kv_heads, bias_batch):
   def loss(fn, q, k, v, bias):
     return jnp.sum(fn(q, k, v, mask, bias, scale) * cotangent)
 
-  ours = lambda q, k, v, m, bias, s: softmax_attention(q, k, v, mask_B1TS=m, bias_BNTS=bias,
-                                                       scale=s)
+  ours = lambda q, k, v, m, bias, s: softmax_attention(
+      q, k, v, mask_B1TS=m, bias_BNTS=bias, scale=s, causal=block > 0, block=block or 128)
   argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
   got = jax.value_and_grad(lambda *a: loss(ours, *a), argnums)(q, k, v, bias)
   want = jax.value_and_grad(lambda *a: loss(textbook_attention, *a), argnums)(q, k, v, bias)

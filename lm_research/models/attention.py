@@ -23,11 +23,13 @@ ATTENTION_OUT = "attention_out"
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
-                          scale: float | None = None, implementation: str = "xla") -> jax.Array:
+                          scale: float | None = None, implementation: str = "xla",
+                          causal: bool = False) -> jax.Array:
   """softmax(q k^T * scale + bias, masked) v.
 
   ``implementation``: 'xla' everywhere (``softmax_attention``: XLA ops with a hand-written
   backward), or 'cudnn' (flash attention on NVIDIA GPUs via jax.nn.dot_product_attention).
+  ``causal``: the mask is a causal self-attention one, so work above the diagonal may be skipped.
   """
   if implementation == "cudnn":
     return jax.nn.dot_product_attention(
@@ -36,7 +38,7 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=N
   if scale is None:
     scale = 1.0 / math.sqrt(q_BTNH.shape[-1])
   return softmax_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                           scale=scale)
+                           scale=scale, causal=causal)
 
 
 def segments_from_inputs(input_ids_BT, attention_mask_BT=None, segment_ids_BT=None) -> jax.Array:
@@ -139,10 +141,10 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
                bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
-               k_positions_BS: jax.Array | None = None) -> jax.Array:
+               k_positions_BS: jax.Array | None = None, causal: bool = False) -> jax.Array:
     k_BSKH, v_BSKH = self.keys_values(kv_BSD, k_positions_BS)
     return self.attend(x_BTD, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                       q_positions_BT=q_positions_BT)
+                       q_positions_BT=q_positions_BT, causal=causal)
 
   def keys_values(self, kv_BSD: jax.Array,
                   k_positions_BS: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -156,8 +158,9 @@ class Attention(nnx.Module):
 
   def attend(self, x_BTD: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *,
              mask_B1TS: jax.Array, bias_BNTS: jax.Array | None = None,
-             q_positions_BT: jax.Array | None = None) -> jax.Array:
-    """Queries from ``x_BTD`` over given keys and values (fresh or a KV cache), projected out."""
+             q_positions_BT: jax.Array | None = None, causal: bool = False) -> jax.Array:
+    """Queries from ``x_BTD`` over given keys and values (fresh or a KV cache), projected out;
+    ``causal``: ``mask_B1TS`` is causal self-attention's (dot_product_attention)."""
     b, t, _ = x_BTD.shape
     q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))
@@ -167,6 +170,6 @@ class Attention(nnx.Module):
       bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,
                                    bias_BNTS=bias_BNTS, scale=self.scale,
-                                   implementation=self.implementation)
+                                   implementation=self.implementation, causal=causal)
     o_BTNH = checkpoint_name(o_BTNH, ATTENTION_OUT)
     return self.out(o_BTNH.reshape(b, t, self.num_heads * self.head_dim))

@@ -36,6 +36,8 @@ class BlockContext:
   cross_mask_B1TS: jax.Array | None = None
   memory_positions_BS: jax.Array | None = None
   cache_index: jax.Array | None = None  # decoding: the KV-cache slot of the first new token
+  # self_mask_B1TS is causal self-attention's, so the attention may skip the upper triangle
+  self_causal: bool = struct.field(pytree_node=False, default=False)
 
 
 @struct.dataclass
@@ -77,7 +79,8 @@ class Block(nnx.Module):
     x_BTD = self._residual(
         x_BTD, self.attn_norm,
         lambda h: self.attn(h, h, mask_B1TS=ctx.self_mask_B1TS, bias_BNTS=ctx.self_bias_BNTS,
-                            q_positions_BT=ctx.positions_BT, k_positions_BS=ctx.positions_BT),
+                            q_positions_BT=ctx.positions_BT, k_positions_BS=ctx.positions_BT,
+                            causal=ctx.self_causal),
         rngs[0])
     if self.has_cross:
       x_BTD = self._residual(

@@ -63,11 +63,43 @@ def _attention_bwd(scale, residuals, do_BTNH):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+# Causal self-attention splits its queries into blocks of about this many rows; each block
+# reads only the keys up to its last row, skipping the masked upper triangle's matmuls.
+CAUSAL_BLOCK = 128
+
+
+def _block(x, rows: slice, cols: slice):
+  """``x[..., rows, cols]`` on the last two axes, leaving broadcast (size-1) axes whole."""
+  if x is None:
+    return None
+  whole = slice(None)
+  return x[..., rows if x.shape[-2] > 1 else whole, cols if x.shape[-1] > 1 else whole]
+
+
 def softmax_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
-                      scale: float) -> jax.Array:
-  """softmax(q k^T * scale + bias, masked) v; ``K`` key/value heads shared by N / K queries."""
+                      scale: float, causal: bool = False,
+                      block: int = CAUSAL_BLOCK) -> jax.Array:
+  """softmax(q k^T * scale + bias, masked) v; ``K`` key/value heads shared by N / K queries.
+
+  ``causal``: the mask already hides every key after its query (self-attention, T == S). The
+  queries then go in blocks of about ``block`` rows over the keys up to each block's end: a
+  512-token GPT-2 layer, forward + backward, takes ~105 ms in 4 blocks against ~145 ms whole
+  (2-core CPU). Rows that the mask leaves no key (padding only) differ from the unblocked
+  call: both average the values uniformly, over fewer keys here.
+  """
   groups = q_BTNH.shape[2] // k_BSKH.shape[2]
   if groups > 1:  # grouped-query attention: autodiff sums the repeated heads' gradients
     k_BSKH = jnp.repeat(k_BSKH, groups, axis=2)
     v_BSKH = jnp.repeat(v_BSKH, groups, axis=2)
-  return _attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias_BNTS, scale)
+  t, s = q_BTNH.shape[1], k_BSKH.shape[1]
+  count = t // block if causal and t == s else 1
+  if count < 2:
+    return _attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias_BNTS, scale)
+  edges = [round(i * t / count) for i in range(count + 1)]
+  outputs = []
+  for start, end in zip(edges[:-1], edges[1:]):
+    rows, cols = slice(start, end), slice(0, end)
+    outputs.append(_attention(q_BTNH[:, rows], k_BSKH[:, cols], v_BSKH[:, cols],
+                              _block(mask_B1TS, rows, cols), _block(bias_BNTS, rows, cols),
+                              scale))
+  return jnp.concatenate(outputs, axis=1)

@@ -110,6 +110,7 @@ class Stack(nnx.Module):
                memory_segments_BS=None) -> jax.Array:
     ctx = BlockContext(
         self_mask_B1TS=attention_mask(segments_BT, segments_BT, causal=self.causal),
+        self_causal=self.causal,
         positions_BT=positions_BT,
         self_bias_BNTS=(self.relative_bias(positions_BT, positions_BT)
                         if self.relative else None),

@@ -129,7 +129,8 @@ def get_base() -> ml_collections.ConfigDict:
   # 'count_wrong' (tagging: score those words as errors; the model cannot predict them)
   c.data.unseen_eval_labels = "error"
   # A classification text longer than train.seq_len keeps its 'head', or (single texts)
-  # 'head_tail': the first quarter and last three quarters of the tokens (Sun et al. 2019)
+  # 'head_tail': the first quarter and last three quarters of the tokens (Sun et al. 2019), or
+  # 'windows': all of it, as several overlapping rows whose predictions are averaged
   c.data.truncation = "head"
   c.data.fields = ""  # catalog features → ours, 'text=sentence,label=label'; '' = known table
   # .model, tokenizer.json, vocab.txt or a folder holding one; '' = WORKDIR/tokenizer.model,

@@ -78,6 +78,9 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   """Turns the config into typed parts and checks mesh, batch and model fit together; then
   gets (or trains) the tokenizer for real data. A fine-tuning config is completed first
   (tasks/setup.py: pretrained body and tokenizer, labels, steps from epochs)."""
+  if config.data.truncation not in task_examples.TRUNCATIONS:
+    raise ValueError(f"data.truncation={config.data.truncation!r} is not one of "
+                     f"{', '.join(task_examples.TRUNCATIONS)}.")
   labels = task_setup.prepare(config, workdir)
   model_cfg = ModelConfig.from_dict(config.model)
   objective = get_objective(config.objective)

@@ -22,6 +22,7 @@ from absl import logging
 
 from lm_research import sharding, writers
 from lm_research.tasks import evaluate as task_eval
+from lm_research.tasks import examples as task_examples
 from lm_research.tasks import generate
 
 # What a JSONL/TSV input may call the text, per kind of prediction (first found wins).
@@ -114,7 +115,8 @@ def _apply(exp, graphdef, params, records: list[dict], kind: str) -> dict[str, n
 def predictions(exp, graphdef, params, records: list[dict], kind: str) -> list[dict]:
   """One output dict per record."""
   if kind == "classification":
-    probs = _apply(exp, graphdef, params, records, kind)["probs"]
+    out = _apply(exp, graphdef, params, records, kind)
+    _, probs = task_examples.document_probs(out["probs"], out["index"])  # windows averaged
     return [{**{k: v for k, v in r.items() if v}, "label": exp.labels[int(p.argmax())],
              "probabilities": {name: round(float(q), 6) for name, q in zip(exp.labels, p)}}
             for r, p in zip(records, probs)]

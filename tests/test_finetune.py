@@ -78,12 +78,15 @@ def test_three_class_classification_learns_and_predicts(tmp_path, body, request)
                   "decoder" if body == "decoder" else "")
   if body == "hf_bert":
     c.init_from = request.getfixturevalue("bert_folder")
+    # 4-word texts in rows of [CLS] + 3 pieces + [SEP]: two windows each, averaged in eval
+    # and predict, so a cue word in either window decides the label
+    c.data.truncation, c.train.seq_len = "windows", 5
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(c, workdir)
   if body == "hf_bert":  # architecture and vocab.txt came from the folder
     assert (c.model.family, c.model.vocab_size) == ("encoder", 30)
   assert metrics["eval/accuracy"] >= 0.9 and metrics["eval/f1"] >= 0.9
-  assert metrics["eval/examples"] == 48  # the whole eval set, padding rows not counted
+  assert metrics["eval/examples"] == 48  # the whole eval set: texts, not windows or padding
   logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
   assert logged[0]["eval/accuracy"] < 0.7 < logged[-1]["eval/accuracy"]  # untrained vs trained
   assert (tmp_path / "run" / "plots" / "confusion_matrix.png").stat().st_size > 0
@@ -158,15 +161,18 @@ def test_body_fields_come_from_the_folder_and_run_fields_from_the_config(bert_fo
     ("unseen", "the eval set has 1 label"),
     ("empty", "is empty"),
     ("column", "has no 'label' field"),
+    ("truncation", "data.truncation='tail' is not one of head, head_tail, windows"),
 ])
 def test_bad_task_data_is_a_one_line_error(tmp_path, problem, message):
   rows = sentiment_rows(40, 0)
   train_path = write_jsonl(tmp_path / "train.jsonl", rows)
   eval_rows = {"unseen": rows[:5] + [{"text": "x", "label": "sarcastic"}],
-               "empty": [], "column": [{"text": "no label here"}]}[problem]
+               "empty": [], "column": [{"text": "no label here"}], "truncation": rows}[problem]
   eval_path = tmp_path / "eval.jsonl"
   write_jsonl(eval_path, eval_rows)
   c = task_config(finetune_classification, train_path, str(eval_path))
+  if problem == "truncation":
+    c.data.truncation = "tail"
   with pytest.raises(ValueError, match=message) as error:
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert "\n" not in str(error.value)

@@ -138,6 +138,34 @@ def test_head_tail_truncation_keeps_the_first_quarter_and_the_end(tok):
   assert row["input_ids"].tolist() == [2] + ids[:2] + ids[-6:] + [3]
 
 
+def test_windows_cover_the_whole_text_evenly(tok):
+  build = examples.ClassificationExamples(tok, "encoder", 10, {"x": 0, "y": 1},
+                                          truncation="windows")
+  ids = tok.encode(" ".join(f"w{i:02d}" for i in range(10)))  # 20 ids, budget 8
+  rows = build({"text": " ".join(f"w{i:02d}" for i in range(10)), "label": "y"}, 7)
+  # ceil(20 / 8) = 3 windows starting at 0, 6 and 12 (the last one ends with the text)
+  assert [r["input_ids"].tolist() for r in rows] == [
+      [2] + ids[0:8] + [3], [2] + ids[6:14] + [3], [2] + ids[12:20] + [3]]
+  assert [(r["label"], r["weight"], r["index"]) for r in rows] == [(1, 1.0, 7)] * 3
+  short, = build({"text": "aabb", "label": "x"}, 0)  # fits: one row, as with 'head'
+  assert short["input_ids"].tolist()[:4] == [2, tok.vocab["aa"], tok.vocab["bb"], 3]
+  decoder = examples.ClassificationExamples(tok, "decoder", 9, {"x": 0}, truncation="windows")
+  assert [r["input_ids"].tolist() for r in decoder({"text": "w00 w01 w02 w03 w04"}, 0)] == [
+      ids[0:8] + [4], ids[2:10] + [4]]
+
+
+def test_document_probs_average_each_records_windows():
+  probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.3, 0.7]], np.float32)
+  records, averaged = examples.document_probs(probs, np.array([4, 2, 4, 4]))
+  assert records.tolist() == [2, 4]
+  np.testing.assert_allclose(averaged, [[0.2, 0.8], [1.7 / 3, 1.3 / 3]], rtol=1e-6)
+
+
+def test_unknown_truncation_is_a_one_line_error(tok):
+  with pytest.raises(ValueError, match="data.truncation='tail' is not one of head, head_tail"):
+    examples.ClassificationExamples(tok, "encoder", 8, {"x": 0}, truncation="tail")
+
+
 def test_words_are_encoded_as_in_running_text():
   class SpaceMarking:
     unk_id = 1

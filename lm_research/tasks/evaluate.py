@@ -28,6 +28,7 @@ from lm_research import sharding
 from lm_research.task_metrics import classification as cls_metrics
 from lm_research.task_metrics import generation as gen_metrics
 from lm_research.task_metrics import tagging as tag_metrics
+from lm_research.tasks import examples as task_examples
 
 
 def synchronised(batches: Iterator[dict], limit: int = 0) -> Iterator[dict]:
@@ -55,7 +56,7 @@ def _classify(graphdef, params, batch):
   logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                  token_type_ids=batch["token_type_ids"]).logits
   return {"probs": jax.nn.softmax(logits, -1), "label": batch["label"],
-          "weight": batch["weight"]}
+          "weight": batch["weight"], "index": batch["index"]}
 
 
 def _tag(graphdef, params, batch):
@@ -92,10 +93,13 @@ def _gather(exp, graphdef, params, batches, kind: str) -> dict[str, np.ndarray]:
 
 
 def classification_metrics(exp, graphdef, params, batches, step: int) -> dict[str, float]:
-  """Loss, accuracy, macro P/R/F1 over the eval set; saves the confusion matrix image."""
+  """Loss, accuracy, macro P/R/F1 over the eval records (a record's windows averaged); saves
+  the confusion matrix image."""
   out = _gather(exp, graphdef, params, batches, "classification")
   real = out["weight"] > 0
-  probs, gold = out["probs"][real], out["label"][real]
+  _, probs = task_examples.document_probs(out["probs"][real], out["index"][real])
+  _, first_row = np.unique(out["index"][real], return_index=True)
+  gold = out["label"][real][first_row]
   pred = probs.argmax(-1)
   loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(gold)), gold], 1e-30))))
   confusion = cls_metrics.confusion_matrix(gold, pred, len(exp.labels))
@@ -105,7 +109,7 @@ def classification_metrics(exp, graphdef, params, batches, step: int) -> dict[st
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cls_metrics.save_confusion_matrix(confusion, exp.labels, path)
     logging.info("step %d: confusion matrix in %s", step, path)
-  return {"loss": loss, **scores, "examples": float(real.sum())}
+  return {"loss": loss, **scores, "examples": float(len(gold))}
 
 
 def tagging_metrics(exp, graphdef, params, batches, step: int) -> dict[str, float]:

@@ -17,6 +17,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+# What a single classification text longer than a row keeps (ClassificationExamples).
+TRUNCATIONS = ("head", "head_tail", "windows")
+
 
 def _pad(ids: Sequence[int], length: int, value: int = 0) -> np.ndarray:
   out = np.full((length,), value, np.int32)
@@ -38,50 +41,71 @@ def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], l
 
 class ClassificationExamples:
   """Single texts or text pairs -> ``input_ids``, ``attention_mask``, ``token_type_ids``,
-  ``label``, ``weight`` (0 for unlabelled records, e.g. at predict time), ``index``."""
+  ``label``, ``weight`` (0 for unlabelled records, e.g. at predict time), ``index``.
+
+  ``truncation`` says what a single text longer than a row keeps: its 'head', its first
+  quarter and last three quarters ('head_tail', Sun et al. 2019), or all of it as several
+  evenly spaced, overlapping rows ('windows') whose predictions evaluation and predict
+  average (``document_probs``). Pairs always drop tokens from the longer text's end.
+  """
 
   def __init__(self, tokenizer, family: str, seq_len: int, label_ids: Mapping[str, int],
                truncation: str = "head"):
     if family not in ("encoder", "decoder"):
       raise ValueError(f"sequence classification needs an encoder or decoder model, not "
                        f"{family!r}; for T5 phrase the task as seq2seq (label text as target).")
-    if truncation not in ("head", "head_tail"):
-      raise ValueError(f"data.truncation={truncation!r} is not 'head' or 'head_tail'")
+    if truncation not in TRUNCATIONS:
+      raise ValueError(f"data.truncation={truncation!r} is not one of {', '.join(TRUNCATIONS)}")
     self.tok, self.family, self.seq_len, self.label_ids = tokenizer, family, seq_len, label_ids
     self.truncation = truncation
 
-  def _single(self, ids: list[int], budget: int) -> list[int]:
-    """A single text cut to ``budget``: its start, or (head_tail) its first quarter and last
-    three quarters, which Sun et al. (2019) found best for long documents."""
-    if self.truncation == "head" or len(ids) <= budget:
-      return ids
-    head = budget // 4
-    return ids[:head] + ids[len(ids) - (budget - head):]
+  def _single(self, ids: list[int], budget: int) -> list[list[int]]:
+    """The pieces of a single text that become rows, each at most ``budget`` tokens."""
+    if len(ids) <= budget:
+      return [ids]
+    if self.truncation == "head":
+      return [ids[:budget]]
+    if self.truncation == "head_tail":
+      head = budget // 4
+      return [ids[:head] + ids[len(ids) - (budget - head):]]
+    count = -(-len(ids) // budget)  # the fewest windows that cover the text
+    starts = np.linspace(0, len(ids) - budget, count).round().astype(int)
+    return [ids[s:s + budget] for s in starts]
+
+  def _row(self, ids: list[int], types: list[int], label, index: int) -> dict[str, np.ndarray]:
+    return {"input_ids": _pad(ids, self.seq_len, self.tok.pad_id),
+            "attention_mask": _pad([1] * len(ids), self.seq_len),
+            "token_type_ids": _pad(types, self.seq_len),
+            "label": np.int32(self.label_ids[label] if label else 0),
+            "weight": np.float32(1.0 if label else 0.0),
+            "index": np.int32(index)}
 
   def __call__(self, record: Mapping, index: int) -> list[dict[str, np.ndarray]]:
-    tok = self.tok
+    tok, label = self.tok, record.get("label")
     a, b = tok.encode(record["text"]), tok.encode(record.get("text_b") or "")
-    pair = bool(record.get("text_b"))
-    if not pair:
-      a = self._single(a, self.seq_len - (2 if self.family == "encoder" else 1))
+    if not record.get("text_b"):
+      if self.family == "encoder":
+        return [self._row([tok.cls_id] + w + [tok.sep_id], [0] * (len(w) + 2), label, index)
+                for w in self._single(a, self.seq_len - 2)]
+      # the decoder reads the whole text, then classifies at its final EOS
+      return [self._row(w + [tok.eos_id], [0] * (len(w) + 1), label, index)
+              for w in self._single(a, self.seq_len - 1)]
     if self.family == "encoder":
-      a, b = truncate_pair(a, b, self.seq_len - (3 if pair else 2))
-      ids = [tok.cls_id] + a + [tok.sep_id]
-      types = [0] * len(ids)
-      if pair:
-        ids += b + [tok.sep_id]
-        types += [1] * (len(b) + 1)
-    else:  # the decoder reads the whole text, then classifies at its final EOS
-      a, b = truncate_pair(a, b, self.seq_len - (2 if pair else 1))
-      ids = a + ([tok.eos_id] + b if pair else []) + [tok.eos_id]
-      types = [0] * len(ids)
-    label = record.get("label")
-    return [{"input_ids": _pad(ids, self.seq_len, tok.pad_id),
-             "attention_mask": _pad([1] * len(ids), self.seq_len),
-             "token_type_ids": _pad(types, self.seq_len),
-             "label": np.int32(self.label_ids[label] if label else 0),
-             "weight": np.float32(1.0 if label else 0.0),
-             "index": np.int32(index)}]
+      a, b = truncate_pair(a, b, self.seq_len - 3)
+      ids = [tok.cls_id] + a + [tok.sep_id] + b + [tok.sep_id]
+      return [self._row(ids, [0] * (len(a) + 2) + [1] * (len(b) + 1), label, index)]
+    a, b = truncate_pair(a, b, self.seq_len - 2)
+    ids = a + [tok.eos_id] + b + [tok.eos_id]
+    return [self._row(ids, [0] * len(ids), label, index)]
+
+
+def document_probs(probs: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(record indices, class probabilities [N, C]): each record's rows' probabilities averaged,
+  so a text cut into several windows gets one prediction."""
+  records, rows_of = np.unique(index, return_inverse=True)
+  sums = np.zeros((len(records), probs.shape[-1]), np.float64)
+  np.add.at(sums, rows_of, probs)
+  return records, (sums / np.bincount(rows_of)[:, None]).astype(probs.dtype)
 
 
 def word_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:

@@ -93,6 +93,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.eps = 1e-8
   c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
+  c.train.ema_decay = 0.0  # > 0: evaluate and predict with a moving average of the weights
   c.train.grad_accum_steps = 1  # microbatches per update (batch_size must divide by it)
   c.train.z_loss = 0.0  # weight of log(Z)^2, stabilises decoder logits
   c.train.on_nan = "stop"  # 'stop' the run, or 'skip' the update, on a NaN/Inf loss

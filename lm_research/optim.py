@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ class OptimConfig:
   b2: float = 0.999
   eps: float = 1e-8
   grad_clip: float = 0.0
+  ema_decay: float = 0.0
 
   def __post_init__(self):
     if self.optimizer not in ("adamw", "adafactor"):
@@ -36,6 +37,9 @@ class OptimConfig:
                        "inverse_sqrt, constant.")
     if self.learning_rate <= 0 or self.steps <= 0:
       raise ValueError("train.learning_rate and train.steps must be positive.")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"train.ema_decay={self.ema_decay} is not in [0, 1): 0 disables the "
+                       "average, 0.99-0.9999 are usual.")
 
   @classmethod
   def from_train_config(cls, train: Any) -> "OptimConfig":
@@ -86,4 +90,46 @@ def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, opta
   else:
     parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
                                  weight_decay_mask=decay_mask))
+  if cfg.ema_decay > 0:
+    parts.append(params_ema(cfg.ema_decay))
   return optax.chain(*parts), schedule
+
+
+class ParamsEMAState(NamedTuple):
+  """Updates seen so far, and the moving average of the parameters after each of them."""
+
+  count: jax.Array
+  params_ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """Passes updates through unchanged and keeps an exponential moving average of the updated
+  parameters in the optimizer state, so it is sharded, checkpointed and resumed with it.
+
+  The decay at update t is min(decay, (1 + t) / (10 + t)), as in TensorFlow's
+  ExponentialMovingAverage: the weights the average starts from (random ones, before
+  init_from's are copied in) fade within the first steps.
+  """
+  def init(params):
+    return ParamsEMAState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("params_ema needs the parameters: call update(updates, state, params).")
+    t = state.count.astype(jnp.float32)
+    rate = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    new_params = optax.apply_updates(params, updates)
+    average = jax.tree.map(lambda a, p: (rate * a + (1.0 - rate) * p).astype(a.dtype),
+                           state.params_ema, new_params)
+    return updates, ParamsEMAState(state.count + 1, average)
+
+  return optax.GradientTransformation(init, update)
+
+
+def inference_params(params: Any, opt_state: Any) -> Any:
+  """The weights to evaluate, predict and export with: the moving average when train.ema_decay
+  keeps one, else ``params``."""
+  for part in opt_state if isinstance(opt_state, tuple) else ():
+    if isinstance(part, ParamsEMAState):
+      return part.params_ema
+  return params

@@ -76,7 +76,10 @@ def _native_params(path: str) -> dict:
   """Parameters of the latest step of a native checkpoint (workdir, checkpoints/ or step dir)."""
   restored, directory, step = _restore(path, state=ocp.args.StandardRestore())
   logging.info("init_from: native checkpoint %s/%d", directory, step)
-  return unstack_layers(_strip_variables(restored.state["params"]))
+  # A run with train.ema_decay hands on its moving average, the weights it evaluated with.
+  averages = [part["params_ema"] for part in restored.state.get("opt_state") or []
+              if isinstance(part, dict) and "params_ema" in part]
+  return unstack_layers(_strip_variables(averages[0] if averages else restored.state["params"]))
 
 
 def _source_params(path: str) -> dict:

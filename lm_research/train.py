@@ -18,7 +18,7 @@ from lm_research import profiling, sharding, tracking, writers
 from lm_research.checkpointing import Checkpointer, PreemptionFlag
 from lm_research.experiment import (Experiment, compile_steps, create_train_state,  # noqa: F401
                                     make_batches, make_experiment, run_eval, state_layout)
-from lm_research.optim import make_optimizer
+from lm_research.optim import inference_params, make_optimizer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,8 +36,10 @@ def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
   state = init()
   if exp.config.init_from:
     from lm_research import pretrained  # noqa: PLC0415  (pulls in the Hugging Face converter)
-    state = state.replace(params=pretrained.load_into(
-        exp.config.init_from, graphdef, state.params, exp.model_cfg))
+    params = pretrained.load_into(exp.config.init_from, graphdef, state.params, exp.model_cfg)
+    # The optimizer state starts from the loaded weights (train.ema_decay's average does).
+    state = state.replace(params=params, opt_state=jax.jit(
+        tx.init, out_shardings=state_sh.opt_state)(params))
   return graphdef, state, state_sh, None, 0
 
 
@@ -65,6 +67,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     tracking.close_sinks(sinks)  # marks the W&B run failed if training raised
 
 
+def _weights(state):
+  """The parameters evaluation and predict use (train.ema_decay's average when it is on)."""
+  return inference_params(state.params, state.opt_state)
+
+
 def _trained_state(exp: Experiment, tx, ckpt: Checkpointer):
   """(graphdef, state, shardings, step) of the latest checkpoint, or of init_from's weights."""
   graphdef, state, state_sh, _, step = _initial_state(exp, tx, ckpt)
@@ -84,7 +91,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
     with sharding.active_mesh(exp.mesh):
       graphdef, state, state_sh, step = _trained_state(exp, tx, ckpt)
       _, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
-      metrics = run_eval(exp, evaluate, state.params, graphdef, step)
+      metrics = run_eval(exp, evaluate, _weights(state), graphdef, step)
   finally:
     ckpt.close()
   writers.MetricsWriter(workdir, is_main=jax.process_index() == 0).write(step, metrics)
@@ -107,7 +114,7 @@ def predict_only(config: ml_collections.ConfigDict, workdir: str,
   try:
     with sharding.active_mesh(exp.mesh):
       graphdef, state, _, step = _trained_state(exp, tx, ckpt)
-      return predict.run(exp, graphdef, state.params, step)
+      return predict.run(exp, graphdef, _weights(state), step)
   finally:
     ckpt.close()
 
@@ -126,7 +133,7 @@ def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir
   pending = None  # (step number, device metrics) not yet fetched
   last: dict[str, float] = {}
   if start_step == 0 and c.eval.every_steps:  # the untrained baseline, for comparison
-    last = run_eval(exp, evaluate, state.params, graphdef, 0)
+    last = run_eval(exp, evaluate, _weights(state), graphdef, 0)
     writer.write(0, last)
   for step in range(start_step + 1, c.train.steps + 1):
     batch = sharding.global_batch(exp.mesh, next(batches))
@@ -142,7 +149,7 @@ def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir
     if c.eval.every_steps and (step % c.eval.every_steps == 0 or final):
       last = _report(exp, pending, None, meter)
       pending = None
-      last.update(run_eval(exp, evaluate, state.params, graphdef, step))
+      last.update(run_eval(exp, evaluate, _weights(state), graphdef, step))
       writer.write(step, last)  # train and eval metrics of this step in one JSON line
       writers.log_progress(f"eval at step {step}: " + ", ".join(
           f"{k} {v:.4f}" for k, v in last.items() if k.startswith("eval/")), is_main)

@@ -16,6 +16,7 @@ from flax import nnx
 
 from configs import bert_tiny, gpt_tiny
 from lm_research import pretrained, sharding, train, writers
+from lm_research.checkpointing import Checkpointer
 from lm_research.models.layout import get_params
 from lm_research.optim import make_optimizer
 
@@ -143,6 +144,39 @@ def test_init_from_loads_body_into_new_head(tmp_path, caplog):
                                 fresh_params["classifier"]["dense"]["kernel"])
   messages = " ".join(r.getMessage() for r in caplog.records)
   assert "classifier.dense.kernel" in messages and "mlm.bias" in messages and "nsp" in messages
+
+
+def _step0_eval_loss(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return next(r["eval/loss"] for r in map(json.loads, f) if r["step"] == 0)
+
+
+def test_ema_run_hands_on_its_average_and_starts_from_init_from(tmp_path):
+  """A run with train.ema_decay saves the average beside the weights, and init_from takes the
+  average; a run started from init_from begins its average at the loaded weights, so its
+  step-0 evaluation equals a run's without the average."""
+  body = str(tmp_path / "body")
+  train.train_and_evaluate(_config(**{"train.steps": 3, "checkpoint.every_steps": 3,
+                                      "train.ema_decay": 0.5}), body)
+  exp = train.make_experiment(_config(**{"train.ema_decay": 0.5}))
+  tx, _ = make_optimizer(exp.optim_cfg)
+  with sharding.active_mesh(exp.mesh):
+    graphdef, state, _, _ = train._trained_state(exp, tx, Checkpointer(body))  # pylint: disable=protected-access
+  average = get_params(nnx.merge(graphdef, state.opt_state[-1].params_ema))
+  weights = get_params(nnx.merge(graphdef, state.params))
+  loaded = pretrained._native_params(body)  # pylint: disable=protected-access
+  token = ("embeddings", "token", "embedding")
+  pick = lambda tree: tree[token[0]][token[1]][token[2]]  # noqa: E731
+  np.testing.assert_array_equal(pick(loaded), pick(average))
+  assert not np.array_equal(pick(loaded), pick(weights))
+  losses = []
+  for decay in (0.0, 0.9):
+    workdir = str(tmp_path / f"ema{decay}")
+    train.train_and_evaluate(_config(**{"init_from": body, "train.steps": 1,
+                                        "train.ema_decay": decay, "eval.every_steps": 1}),
+                             workdir)
+    losses.append(_step0_eval_loss(workdir))
+  assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 def test_init_from_shape_mismatch_is_one_line_error(tmp_path):

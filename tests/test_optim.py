@@ -12,7 +12,8 @@ from flax import nnx
 
 from configs import base
 from lm_research.models import ModelConfig, build_model
-from lm_research.optim import OptimConfig, decay_mask, learning_rate_schedule, make_optimizer
+from lm_research.optim import (OptimConfig, ParamsEMAState, decay_mask, inference_params,
+                               learning_rate_schedule, make_optimizer)
 
 # --- schedules: peak 1.0, 10 warmup steps, 100 steps in all ----------------------------------
 
@@ -50,6 +51,7 @@ def test_schedule_without_warmup_starts_at_peak(schedule, values):
     (dict(schedule="step"), "train.schedule='step' is not one of linear, cosine"),
     (dict(learning_rate=0.0), "train.learning_rate and train.steps must be positive"),
     (dict(steps=0), "train.learning_rate and train.steps must be positive"),
+    (dict(ema_decay=1.0), r"train.ema_decay=1.0 is not in \[0, 1\)"),
 ])
 def test_optim_config_errors(fields, message):
   """Unknown optimizer or schedule names and non-positive sizes fail at the boundary."""
@@ -163,3 +165,38 @@ def test_grad_clip_bounds_the_global_norm(raw_norm, clip):
   factor = min(1.0, clip / raw_norm)
   for got, g in zip(jax.tree.leaves(clipped), jax.tree.leaves(grads)):
     np.testing.assert_allclose(got, g * factor, rtol=1e-5)
+
+
+# --- moving average of the weights (train.ema_decay) -----------------------------------------
+
+def test_params_ema_by_hand():
+  """SGD at rate 1 on a constant gradient moves w by (1, 2) a step; the average follows the
+  scalar recurrence a <- r a + (1 - r) w with r = min(0.5, (1 + t) / (10 + t)), written out
+  here, across the warm-up (t < 8) and after it. The updates pass through unchanged."""
+  params = {"w": jnp.zeros((2,))}
+  tx, _ = make_optimizer(OptimConfig(steps=12, learning_rate=1.0, optimizer="adamw",
+                                     schedule="constant", b1=0.0, b2=0.0, eps=0.0,
+                                     ema_decay=0.5))
+  grads = {"w": jnp.array([-1.0, -2.0])}
+  state = tx.init(params)
+  want, w = np.zeros(2), np.zeros(2)
+  for t in range(12):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    w = w + np.array([1.0, 1.0])  # Adam with b1 = b2 = eps = 0 steps by sign(-grad)
+    r = min(0.5, (1 + t) / (10 + t))
+    want = r * want + (1 - r) * w
+    np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+  np.testing.assert_allclose(inference_params(params, state)["w"], want, rtol=1e-6)
+  assert int(state[-1].count) == 12
+
+
+def test_inference_params_without_an_average_are_the_params():
+  """No train.ema_decay: evaluation uses the parameters themselves."""
+  params = {"w": jnp.ones((2,))}
+  tx, _ = make_optimizer(OptimConfig(steps=10, learning_rate=1.0))
+  assert inference_params(params, tx.init(params)) is params
+  tx, _ = make_optimizer(OptimConfig(steps=10, learning_rate=1.0, ema_decay=0.9))
+  state = tx.init(params)
+  assert isinstance(state[-1], ParamsEMAState)
+  assert inference_params(params, state) is state[-1].params_ema

@@ -49,9 +49,11 @@ class Checkpointer:
     """The newest readable checkpoint as (state, data_state, step), or None if there is none.
 
     ``abstract_state`` carries the target shardings, so a checkpoint saved on one mesh is
-    restored onto another.
+    restored onto another. When steps exist but none can be read, this raises instead of
+    returning None: starting afresh would train over (and prune) the run's checkpoints.
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
@@ -60,6 +62,11 @@ class Checkpointer:
                         self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
         continue
       return restored.state, self._read_data_state(step), step
+    if steps:
+      raise ValueError(
+          f"No checkpoint in {self.directory} (steps {', '.join(map(str, steps))}) fits this "
+          "run's state: rerun with the training run's config and flags (model, train.optimizer, "
+          "train.ema_decay), or use a new --workdir.")
     return None
 
   def wait(self) -> None:

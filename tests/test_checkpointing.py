@@ -98,6 +98,20 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_pat
   assert any("12" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
 
 
+def test_checkpoint_of_another_layout_is_refused_and_kept(uninterrupted, tmp_path):
+  """A workdir restored with a config whose state differs (here train.ema_decay added) ends in
+  one line naming the fix, before any step runs, and its checkpoints stay as they were."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted, workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  config = _config(**{"train.steps": 16, "checkpoint.every_steps": 4, "train.ema_decay": 0.9})
+  with pytest.raises(ValueError, match=r"fits this run's state: rerun with the training run's "
+                     r"config and flags .*train.ema_decay"):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert max(_losses(workdir)) == 12
+
+
 def test_restore_onto_another_mesh(tmp_path):
   """Saved on mesh (1,8,1) (FSDP), restored on (2,1,1) over 2 devices: same parameters."""
   workdir = str(tmp_path)

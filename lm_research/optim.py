@@ -107,8 +107,8 @@ def params_ema(decay: float) -> optax.GradientTransformation:
   parameters in the optimizer state, so it is sharded, checkpointed and resumed with it.
 
   The decay at update t is min(decay, (1 + t) / (10 + t)), as in TensorFlow's
-  ExponentialMovingAverage: the weights the average starts from (random ones, before
-  init_from's are copied in) fade within the first steps.
+  ExponentialMovingAverage, so the early weights fade within the first steps instead of
+  weighing on the average for ~1 / (1 - decay) of them.
   """
   def init(params):
     return ParamsEMAState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.asarray, params))

@@ -174,8 +174,10 @@ def test_ema_run_hands_on_its_average_and_starts_from_init_from(tmp_path):
                                       "train.ema_decay": 0.5}), body)
   exp = train.make_experiment(_config(**{"train.ema_decay": 0.5}))
   tx, _ = make_optimizer(exp.optim_cfg)
+  ckpt = Checkpointer(body)
   with sharding.active_mesh(exp.mesh):
-    graphdef, state, _, _ = train._trained_state(exp, tx, Checkpointer(body))  # pylint: disable=protected-access
+    graphdef, state, _, _ = train._trained_state(exp, tx, ckpt)  # pylint: disable=protected-access
+  ckpt.close()
   average = get_params(nnx.merge(graphdef, state.opt_state[-1].params_ema))
   weights = get_params(nnx.merge(graphdef, state.params))
   loaded = pretrained._native_params(body)  # pylint: disable=protected-access

@@ -170,9 +170,10 @@ def test_grad_clip_bounds_the_global_norm(raw_norm, clip):
 # --- moving average of the weights (train.ema_decay) -----------------------------------------
 
 def test_params_ema_by_hand():
-  """SGD at rate 1 on a constant gradient moves w by (1, 2) a step; the average follows the
-  scalar recurrence a <- r a + (1 - r) w with r = min(0.5, (1 + t) / (10 + t)), written out
-  here, across the warm-up (t < 8) and after it. The updates pass through unchanged."""
+  """Adam with b1 = b2 = eps = 0 at rate 1 moves w by sign(-grad) = (1, 1) a step; the
+  average follows the scalar recurrence a <- r a + (1 - r) w with r = min(0.5, (1 + t) /
+  (10 + t)), written out here, across the warm-up (t < 8) and after it. The updates pass
+  through unchanged."""
   params = {"w": jnp.zeros((2,))}
   tx, _ = make_optimizer(OptimConfig(steps=12, learning_rate=1.0, optimizer="adamw",
                                      schedule="constant", b1=0.0, b2=0.0, eps=0.0,
@@ -192,7 +193,8 @@ def test_params_ema_by_hand():
 
 
 def test_inference_params_without_an_average_are_the_params():
-  """No train.ema_decay: evaluation uses the parameters themselves."""
+  """No train.ema_decay: evaluation uses the parameters themselves; with it, the average
+  kept in the chain's last state."""
   params = {"w": jnp.ones((2,))}
   tx, _ = make_optimizer(OptimConfig(steps=10, learning_rate=1.0))
   assert inference_params(params, tx.init(params)) is params

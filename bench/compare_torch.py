@@ -126,9 +126,13 @@ def main(argv: Sequence[str]) -> None:
                     "ours_step_time_s": ours["step_time_s"],
                     "torch_step_time_s": theirs["step_time_s"], "ratio": ratio,
                     "ours_compile_time_s": ours["compile_time_s"], "mfu": ours["mfu"],
-                    "peak_memory_bytes": ours["peak_memory_bytes"]}))
+                    "peak_memory_bytes": ours["peak_memory_bytes"],
+                    "hugepage_malloc": ours["hugepage_malloc"]}))
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
+  # Both frameworks run in this process, so both get the huge-page malloc (lm_research/hugepages.py).
+  from lm_research import hugepages
+  hugepages.reexec_with_hugepages()
   app.run(main)

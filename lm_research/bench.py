@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from lm_research import experiment, metrics, sharding
+from lm_research import experiment, hugepages, metrics, sharding
 from lm_research.data import inputs
 from lm_research.optim import make_optimizer
 
@@ -102,6 +102,7 @@ def run_bench(config: ml_collections.ConfigDict, *, batch_size: int, seq_len: in
       "mfu": achieved / (peak_table or matmul),
       "mfu_vs_matmul": achieved / matmul,
       "peak_memory_bytes": peak_bytes, "peak_memory_source": peak_source,
+      "hugepage_malloc": hugepages.active(),
       "loss": float(out["loss"]) if "loss" in out else None,
   }
 
@@ -122,6 +123,7 @@ def format_table(r: dict[str, Any]) -> str:
       ("MFU", f"{100 * r['mfu']:.1f}%"),
       ("MFU vs measured matmul", f"{100 * r['mfu_vs_matmul']:.1f}%"),
       ("peak memory", f"{r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_source']})"),
+      ("huge-page malloc", "on" if r["hugepage_malloc"] else "off"),
   ]
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -163,4 +165,5 @@ if __name__ == "__main__":
   _REMAT = flags.DEFINE_enum("remat", None, ["none", "full", "save_dots"],
                              "override model.remat")
   flags.mark_flag_as_required("config")
+  hugepages.reexec_with_hugepages()
   app.run(main)

@@ -115,4 +115,6 @@ if __name__ == "__main__":
   _STRATEGY = flags.DEFINE_enum("strategy", "greedy", ["greedy", "sample", "beam"],
                                 "decoding strategy (sampling draws with a fixed key)")
   _BEAMS = flags.DEFINE_integer("num_beams", 4, "beam width for --strategy=beam")
+  from lm_research import hugepages
+  hugepages.reexec_with_hugepages()
   app.run(main)

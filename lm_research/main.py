@@ -17,6 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lm_research import hugepages
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -110,6 +112,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   """Console entry: turns config errors into one readable line instead of a traceback."""
+  hugepages.reexec_with_hugepages()  # before any work: it restarts the process
   flags.mark_flag_as_required("config")
   try:
     app.run(main, flags_parser=_parse_flags)

@@ -282,6 +282,35 @@ def test_dropout_masks_same_in_scan_and_loop():
   assert_outputs_close(forward(scan, key), forward(loop, key), rtol=1e-5, atol=1e-6)
 
 
+def test_save_dots_keeps_dropout_masks():
+  """remat='save_dots' keeps each dropout mask for the backward pass instead of hashing it
+  again, and its gradients equal the plain loop's for the same rng."""
+  key = jax.random.key(7)
+
+  def hash_ops_and_grads(model):
+    """Threefry rotations in the loss's jaxpr and in its gradient's; the gradients."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+      return jnp.sum(forward(nnx.merge(graphdef, p, rest), key).hidden_states ** 2)
+
+    grad_fn = jax.grad(loss)
+    counts = [str(jax.make_jaxpr(f)(params)).count("shift_left") for f in (loss, grad_fn)]
+    grads = nnx.to_pure_dict(jax.jit(grad_fn, compiler_options=FAST_COMPILE)(params))
+    if model.cfg.scan_layers:
+      grads = layout.unstack_layers(grads)
+    return counts, flat(grads)
+
+  plain = make(GPT2, dropout_rate=0.1)
+  saved = make(GPT2, seed=1, dropout_rate=0.1, scan_layers=True, remat="save_dots")
+  layout.set_params(saved, layout.get_params(plain))
+  (forward_ops, grad_ops), got = hash_ops_and_grads(saved)
+  assert forward_ops > 0 and grad_ops == forward_ops  # no mask hashed a second time
+  _, want = hash_ops_and_grads(plain)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-7, err_msg=name)
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "t5"])
 def test_bfloat16_compute_close_to_float32(name):
   """dtype='bfloat16' computes in bf16 with float32 parameters, close to the f32 model."""

@@ -13,15 +13,17 @@ from flax import nnx, struct
 from lm_research import sharding
 from lm_research.models.attention import ATTENTION_OUT, Attention
 from lm_research.models.config import ModelConfig
-from lm_research.models.layers import Mlp, Norm, dropout
+from lm_research.models.layers import DROPOUT_MASK, Mlp, Norm, dropout
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
     # The matmuls with weights, and the attention output: saving it (T x D, small) spares the
     # backward pass a second run of the attention forward (two T x S matmuls and a softmax).
+    # And the dropout masks (one byte per element), so the backward pass does not hash them
+    # again: GPT-2 small at 4 x 512, +33 MiB planned memory, 0.2-0.4 s less per ~11.3 s step.
     "save_dots": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT)),
+        jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, DROPOUT_MASK)),
 }
 
 

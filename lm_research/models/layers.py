@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from lm_research.models import dropout_mask
 from lm_research.models.config import ModelConfig
@@ -78,11 +79,15 @@ def activation_fn(name: str):
   }[name]
 
 
+# The name remat policies use to keep dropout masks (models/blocks.py: 'save_dots').
+DROPOUT_MASK = "dropout_mask"
+
+
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   """Inverted dropout; identity when ``rng`` is None (evaluation) or rate is 0."""
   if rng is None or rate == 0.0:
     return x
-  keep = dropout_mask.keep_mask(rng, rate, x.shape)
+  keep = checkpoint_name(dropout_mask.keep_mask(rng, rate, x.shape), DROPOUT_MASK)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 

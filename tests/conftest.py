@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Runs in tests don't track to W&B unless a test asks (tests/test_tracking.py does).
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The command lines that tests start skip the huge-page restart (lm_research/hugepages.py):
+# their processes are short and compile-bound, where zeroing 2 MiB pages costs more than it
+# saves (tests/test_multihost.py: 57 s without, 63 s with). tests/test_hugepages.py runs it.
+os.environ.setdefault("LM_RESEARCH_HUGEPAGES", "0")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 

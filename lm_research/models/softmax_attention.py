@@ -33,7 +33,7 @@ def _probabilities(q_BNTH, k_BNSH, mask_B1TS, bias_BNTS, scale):
 
 # Inside the custom VJP every array is heads-major (B, N, T, H): each matmul then has its batch
 # axes first, which XLA's CPU dots need; in (B, T, N, H) each einsum transposed its operands
-# again (one GPT-2 attention layer, forward + backward: ~109 -> ~98 ms on a 2-core CPU).
+# again (one GPT-2 attention layer, forward + backward: ~109 -> ~82-88 ms on a 2-core CPU).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _attention(q_BNTH, k_BNSH, v_BNSH, mask_B1TS, bias_BNTS, scale):
   return _attention_fwd(q_BNTH, k_BNSH, v_BNSH, mask_B1TS, bias_BNTS, scale)[0]

@@ -5,7 +5,7 @@ and glibc maps chunks that large fresh from the kernel and unmaps them when free
 then touches its memory anew, 4 KiB page by page (~650,000 page faults and ~1.9 s of kernel time
 per GPT-2 step on a 2-core CPU). With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35)
 glibc asks for transparent 2 MiB pages on those chunks: ~84,000 faults and ~1.0 s of kernel
-time per GPT-2 step, and a 3-8% shorter step. glibc reads its
+time per GPT-2 step, and a 3-10% shorter step. glibc reads its
 tunables only when a process starts, so the command-line entry points call
 ``reexec_with_hugepages()`` first: it replaces the process (same PID, arguments and directory)
 once, with the tunable added. ``LM_RESEARCH_HUGEPAGES=0`` keeps the process as it is.

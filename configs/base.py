@@ -1,8 +1,9 @@
 """Defaults shared by every experiment; each config file starts from ``base.get_base()``.
 
-Every field is documented here once. Stable keys (DESIGN.md): seed, train.steps,
-train.batch_size, train.learning_rate, eval.every_steps, checkpoint.every_steps, mesh.data,
-mesh.fsdp, mesh.tensor, data.train_path, data.eval_path, init_from.
+Every field is documented here once. Stable keys (docs/design.md, "Stable config keys"):
+seed, train.steps, train.batch_size, train.learning_rate, eval.every_steps,
+checkpoint.every_steps, mesh.data, mesh.fsdp, mesh.tensor, data.train_path, data.eval_path,
+init_from.
 """
 
 import dataclasses
@@ -117,7 +118,7 @@ def get_base() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # 'synthetic' (seeded random tokens), 'files' (data.train_path/eval_path in the local formats
-  # of DESIGN.md, e.g. the bundled data/shakespeare/train) or a TFDS catalog name ('lm1b',
+  # of docs/design.md, e.g. the bundled data/shakespeare/train) or a TFDS catalog name ('lm1b',
   # 'glue/sst2', 'conll2003', 'wmt14_translate/de-en'; prepared as ArrayRecord in data.data_dir)
   c.data.source = "synthetic"
   c.data.kind = ""  # 'text'|'classification'|'tagging'|'seq2seq'; '' = the catalog's, else text

@@ -5,7 +5,7 @@ Command (after pretraining configs/bert_tiny.py into runs/bert_tiny):
 Defaults: the bundled SpamAssassin e-mails (data/spamassassin; spam vs ham), the tiny encoder
 pretrained on the bundled corpus. Any other data and body:
   --config.init_from=PATH/TO/bert-base-uncased (a Hugging Face folder, or a native workdir)
-  --config.data.train_path=train.tsv --config.data.eval_path=test.tsv  (DESIGN.md formats)
+  --config.data.train_path=train.tsv --config.data.eval_path=test.tsv  (docs/design.md formats)
   --config.data.source=glue/sst2  (a TFDS catalog dataset; data.train_path unused)
 ``:decoder`` starts from the tiny GPT (runs/gpt_tiny) and classifies at the last token.
 The body's architecture and tokenizer come from init_from; the labels from the training data.

@@ -98,7 +98,7 @@ def hf_param_count(cfg: ModelConfig) -> int | None:
 
 
 def test_required_configs_and_variants_are_discovered():
-  """The configs DESIGN.md promises exist, and their known variants are found by the glob."""
+  """The configs docs/design.md promises exist, and their known variants are found by the glob."""
   assert REQUIRED <= set(NAMES), sorted(REQUIRED - set(NAMES))
   assert KNOWN_VARIANTS <= set(CASES), sorted(KNOWN_VARIANTS - set(CASES))
 

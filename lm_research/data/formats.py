@@ -1,4 +1,4 @@
-"""Readers and validators for the local file formats (DESIGN.md, "Local file formats").
+"""Readers and validators for the local file formats (docs/design.md, "Local file formats").
 
 Every reader yields records under the project's field names, whatever the file calls them:
 

@@ -1,6 +1,6 @@
 """Grain input pipelines: documents -> objective examples -> host batches, checkpointable.
 
-One pipeline per objective, built from the same stages (DESIGN.md, "How data flows"):
+One pipeline per objective, built from the same stages (docs/design.md, "How data flows"):
 
   MapDataset.range(num_docs)            document indices (random access, lazy)
     .shuffle(seed)                      a new order each epoch (the seed is folded with the epoch)

@@ -25,6 +25,6 @@ def get_config(arg: str = ""):
   c.train.epochs = 5.0  # 756 steps: epochs count e-mails, and there are ~2 windows per e-mail
   c.model.pooling = "mean"
   # The average of the last few hundred updates: it varies less from seed to seed than the
-  # final weights (README, Measured).
+  # final weights (docs/experiments.md, Spam filtering).
   c.train.ema_decay = 0.995
   return c

@@ -28,9 +28,9 @@ def get_config(arg: str = ""):
   # scored as errors instead of stopping the run ('error' is the default elsewhere).
   c.data.unseen_eval_labels = "count_wrong"
   # The tiny body's new 440-way tag head needs a larger rate and longer training than the
-  # automatic 3e-4 x 3 epochs (68.2% -> 93.0-93.5% token accuracy on Brown; README). For a
-  # Hugging Face BERT set --config.train.learning_rate=0 (5e-5 for BERT-base)
-  # --config.train.epochs=3.
+  # automatic 3e-4 x 3 epochs (68.2% -> 93.0-93.5% token accuracy on Brown;
+  # docs/experiments.md). For a Hugging Face BERT set --config.train.learning_rate=0 (5e-5
+  # for BERT-base) --config.train.epochs=3.
   c.train.learning_rate = 3e-3
   c.train.epochs = 16.0
   # Brown sentences average 21 words (~30 pieces): 64-token rows waste less on padding than

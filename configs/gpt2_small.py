@@ -5,7 +5,7 @@ Command (web-text pretraining needs an accelerator):
 Layers run under ``jax.lax.scan`` so the step compiles once per block, not 12 times. Each block
 keeps only its matmul outputs for the backward pass (remat='save_dots'): attention scores and
 elementwise results are recomputed, which halves the step's memory and, on a 2-core CPU, made
-it ~4% faster than keeping everything (README, Performance).
+it ~4% faster than keeping everything (docs/benchmarks.md, Rematerialisation).
 """
 
 from configs import base

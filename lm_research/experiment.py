@@ -6,6 +6,7 @@ Read top to bottom: Config -> Mesh -> Model + optimizer state (created sharded) 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from typing import Any, Iterator
@@ -41,6 +42,7 @@ class Experiment:
   workdir: str = ""
   tokenizer: Any = None  # None for synthetic data
   labels: list[str] | None = None  # class or tag names in id order (classification, tagging)
+  open_split: inputs.DataSources | None = None  # the run's data splits, each opened once
 
   @property
   def target_len(self) -> int:
@@ -76,12 +78,18 @@ class Experiment:
 def make_experiment(config: ml_collections.ConfigDict, devices: list | None = None,
                     workdir: str = "") -> Experiment:
   """Turns the config into typed parts and checks mesh, batch and model fit together; then
-  gets (or trains) the tokenizer for real data. A fine-tuning config is completed first
-  (tasks/setup.py: pretrained body and tokenizer, labels, steps from epochs)."""
+  gets (or trains) the tokenizer for real data.
+
+  The caller's config is left as it is: a fine-tuning config is completed on a copy
+  (tasks/setup.py: pretrained body and tokenizer, labels, steps from epochs), and
+  ``Experiment.config`` is that resolved copy, the one config.json records.
+  """
+  config = copy.deepcopy(config)
   if config.data.truncation not in task_examples.TRUNCATIONS:
     raise ValueError(f"data.truncation={config.data.truncation!r} is not one of "
                      f"{', '.join(task_examples.TRUNCATIONS)}.")
-  labels = task_setup.prepare(config, workdir)
+  open_split = inputs.DataSources(config.data, workdir)
+  labels = task_setup.prepare(config, workdir, open_split)
   model_cfg = ModelConfig.from_dict(config.model)
   objective = get_objective(config.objective)
   if model_cfg.family not in objective.families:
@@ -106,12 +114,13 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
                      "when eval.every_steps is set.")
   tokenizer = None
   if config.data.source != "synthetic":
-    tokenizer = inputs.get_tokenizer(config, model_cfg.family, workdir)
+    tokenizer = inputs.get_tokenizer(config, model_cfg.family, workdir, open_split)
   return Experiment(
       config=config, model_cfg=model_cfg, optim_cfg=OptimConfig.from_train_config(config.train),
       step_cfg=steps.StepConfig(grad_accum_steps=config.train.grad_accum_steps,
                                 z_loss=config.train.z_loss),
-      mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer, labels=labels)
+      mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer, labels=labels,
+      open_split=open_split)
 
 
 def state_layout(exp: Experiment, tx):
@@ -177,7 +186,7 @@ def task_rows(exp: Experiment):
 def make_batches(exp: Experiment, split: str) -> Iterator[dict]:
   """This process's host batches for ``split`` ('train' endless, 'eval' a fixed pass)."""
   return inputs.make_batches(exp.config, exp.model_cfg.family, split, exp.workdir,
-                             exp.tokenizer, examples=task_rows(exp))
+                             exp.tokenizer, examples=task_rows(exp), open_split=exp.open_split)
 
 
 def _loss_metrics(exp: Experiment, evaluate, params, batches) -> dict[str, float]:
@@ -204,9 +213,7 @@ def run_eval(exp: Experiment, evaluate, params, graphdef=None, step: int = 0) ->
     metrics = _loss_metrics(exp, evaluate, params,
                             task_eval.synchronised(make_batches(exp, "eval"), c.eval.steps))
     if c.eval.max_new_tokens:
-      from lm_research.data import sources  # noqa: PLC0415
-      metrics.update(task_eval.generation_metrics(
-          exp, graphdef, params, sources.open_source(c.data, "eval", exp.workdir)))
+      metrics.update(task_eval.generation_metrics(exp, graphdef, params, exp.open_split("eval")))
   else:
     metrics = _loss_metrics(exp, evaluate, params,
                             inputs.eval_batches(c, make_batches(exp, "eval"), c.eval.steps))

@@ -83,8 +83,11 @@ def test_three_class_classification_learns_and_predicts(tmp_path, body, request)
     c.data.truncation, c.train.seq_len = "windows", 5
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(c, workdir)
-  if body == "hf_bert":  # architecture and vocab.txt came from the folder
-    assert (c.model.family, c.model.vocab_size) == ("encoder", 30)
+  if body == "hf_bert":  # architecture and vocab.txt came from the folder, into the saved config
+    from lm_research import pretrained  # noqa: PLC0415
+    model = pretrained.native_config(workdir)["model"]
+    assert (model["family"], model["vocab_size"]) == ("encoder", 30)
+    assert c.model.vocab_size == 320  # the caller's config is left as it was
   assert metrics["eval/accuracy"] >= 0.9 and metrics["eval/f1"] >= 0.9
   assert metrics["eval/examples"] == 48  # the whole eval set: texts, not windows or padding
   logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
@@ -213,11 +216,14 @@ def test_generation_tasks_train_score_and_predict(tmp_path, module, arg):
 
 
 def test_steps_from_epochs_and_a_width_scaled_learning_rate(tmp_path):
+  from lm_research.data.inputs import DataSources  # noqa: PLC0415
   from lm_research.tasks import setup  # noqa: PLC0415
   train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(100, 0))
-  c = task_config(finetune_classification, train_path, train_path, epochs=2.0,
+  c = task_config(finetune_classification, train_path, train_path, epochs=2.0, steps=0,
                   learning_rate=0.0, warmup_ratio=0.1)
-  assert setup.prepare(c, str(tmp_path / "run")) == ["negative", "neutral", "positive"]
+  workdir = str(tmp_path / "run")
+  labels = setup.prepare(c, workdir, DataSources(c.data, workdir))
+  assert labels == ["negative", "neutral", "positive"]
   assert c.train.steps == 13  # ceil(2 epochs * 100 examples / batch 16)
   assert c.train.learning_rate == pytest.approx(3e-4 * 128 / 32)  # d_model 32
   assert c.train.warmup_steps == 1  # int(0.1 * 13)

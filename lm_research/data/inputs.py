@@ -20,14 +20,31 @@ EVAL_SEED_OFFSET = 1_000_003  # eval data never shares randomness with training 
 _TEXTS_FOR_TOKENIZER = 200_000  # records read to train a tokenizer (bounded: big corpora)
 
 
-def get_tokenizer(config, family: str, workdir: str):
+class DataSources:
+  """Each split of ``config.data``, opened once per run: opening local files fingerprints them,
+  and set-up, tokenizer training, batches and evaluation all read the same splits."""
+
+  def __init__(self, data_cfg, workdir: str):
+    self.data_cfg = data_cfg
+    self.workdir = workdir
+    self._opened: dict = {}
+
+  def __call__(self, split: str):
+    """The 'train' or 'eval' source (sources.open_source), opened on first use."""
+    if split not in self._opened:
+      from lm_research.data import sources  # noqa: PLC0415  (TFDS only when needed)
+      self._opened[split] = sources.open_source(self.data_cfg, split, self.workdir)
+    return self._opened[split]
+
+
+def get_tokenizer(config, family: str, workdir: str, open_split: DataSources | None = None):
   """The configured tokenizer, trained on process 0 on first use and then read by all."""
   from lm_research.data import sources, tokenizer  # noqa: PLC0415  (TFDS only when needed)
   data = config.data
+  open_split = open_split or DataSources(data, workdir)
 
   def texts():
-    train = sources.open_source(data, "train", workdir)
-    return sources.iter_texts(train, limit=_TEXTS_FOR_TOKENIZER)
+    return sources.iter_texts(open_split("train"), limit=_TEXTS_FOR_TOKENIZER)
 
   args = (data.tokenizer_path, texts, family, config.model.vocab_size, data.tokenizer_type,
           data.character_coverage, workdir)
@@ -125,10 +142,11 @@ class ShardedBatches:
 
 
 def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
-                 examples=None) -> Iterator[dict]:
+                 examples=None, open_split: DataSources | None = None) -> Iterator[dict]:
   """This process's host batches: 'train' endless and checkpointable, 'eval' one fixed pass.
 
-  ``examples``: a fine-tuning row builder (tasks/examples.py) instead of the objective's.
+  ``examples``: a fine-tuning row builder (tasks/examples.py) instead of the objective's;
+  ``open_split``: the run's opened sources (opened here when not given).
   """
   process_index, process_count = jax.process_index(), jax.process_count()
   seed = config.seed if split == "train" else config.seed + EVAL_SEED_OFFSET
@@ -137,12 +155,12 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
                            seq_len=config.train.seq_len, vocab_size=config.model.vocab_size,
                            process_index=process_index, process_count=process_count,
                            **_synthetic_options(config))
-  from lm_research.data import pipeline, sources  # noqa: PLC0415
-  source = sources.open_source(config.data, split, workdir)
-  num_train_documents = len(source if split == "train" else
-                            sources.open_source(config.data, "train", workdir))
+  from lm_research.data import pipeline  # noqa: PLC0415
+  open_split = open_split or DataSources(config.data, workdir)
+  source = open_split(split)
+  num_train_documents = len(open_split("train"))
   if tokenizer is None:
-    tokenizer = get_tokenizer(config, family, workdir)
+    tokenizer = get_tokenizer(config, family, workdir, open_split)
   num_shards = num_data_shards(config, num_train_documents)
   per_process = num_shards // process_count
   make = pipeline.make_pipeline if split == "train" else pipeline.make_eval_pipeline

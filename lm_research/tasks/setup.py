@@ -1,12 +1,13 @@
 """A fine-tuning run's set-up, before anything is compiled: body, tokenizer, labels, length.
 
-``prepare(config, workdir)`` fills in what a researcher should not have to type:
+``prepare(config, workdir, open_split)`` fills in what a researcher should not have to type:
   - the model's architecture from ``init_from`` (a native checkpoint's saved config, or a
     Hugging Face config.json), keeping the task's head and the run's dtype/remat/scan choices;
   - the pretrained tokenizer (a fine-tune never trains a new one);
   - the label set from the training data (saved as WORKDIR/labels.json, so ids stay fixed on
     resume and at predict time), checked against the eval data, and ``model.num_labels``;
-  - ``train.steps`` from ``train.epochs``, ``train.warmup_steps`` from ``train.warmup_ratio``,
+  - ``train.steps`` from ``train.epochs`` when ``train.steps`` is 0 (an explicit step count
+    wins), ``train.warmup_steps`` from ``train.warmup_ratio``,
     and ``train.learning_rate`` = 0 made a rate that suits the body's width.
 """
 
@@ -79,17 +80,16 @@ def adopt_pretrained(config, path: str) -> None:
     config.data.tokenizer_path = _pretrained_tokenizer(path)
 
 
-def _labels(config, workdir: str, field: str) -> list[str]:
+def _labels(config, workdir: str, field: str, open_split) -> list[str]:
   """The run's label names: WORKDIR/labels.json if training made it, else the training data's."""
   from lm_research.data import formats, sources  # noqa: PLC0415  (TFDS only when needed)
   path = os.path.join(workdir, "labels.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)["labels"]
-  train = sources.open_source(config.data, "train", workdir)
-  labels = sources.label_vocab(train, field)
+  labels = sources.label_vocab(open_split("train"), field)
   try:
-    evaluation = sources.open_source(config.data, "eval", workdir)
+    evaluation = open_split("eval")
   except ValueError:
     evaluation = None  # no eval data: nothing to check
   policy = config.data.unseen_eval_labels
@@ -120,25 +120,37 @@ def _labels(config, workdir: str, field: str) -> list[str]:
 AUTO_LR_AT_128 = 3e-4
 
 
-def _schedule(config, workdir: str) -> None:
-  """train.steps from train.epochs, warmup from train.warmup_ratio, an automatic rate."""
+def _schedule(config, open_split) -> None:
+  """train.steps from train.epochs (unless train.steps is set), warmup from
+  train.warmup_ratio, an automatic rate."""
   train = config.train
   if train.learning_rate == 0:
     train.learning_rate = AUTO_LR_AT_128 * 128 / config.model.d_model
     logging.info("train.learning_rate=0: %.3g for d_model=%d", train.learning_rate,
                  config.model.d_model)
-  if train.epochs > 0:
-    from lm_research.data import sources  # noqa: PLC0415
-    examples = len(sources.open_source(config.data, "train", workdir))
+  if train.epochs > 0 and train.steps > 0:  # an explicit step count wins
+    logging.warning("train.steps=%d is set, so train.epochs=%g is not used (set "
+                    "--config.train.steps=0 to train by epochs).", train.steps, train.epochs)
+  elif train.epochs > 0:
+    examples = len(open_split("train"))
+    unit = {"classification": "texts", "tagging": "sentences"}.get(config.objective, "examples")
     train.steps = max(1, math.ceil(train.epochs * examples / train.batch_size))
-    logging.info("train.epochs=%g over %d examples: %d steps", train.epochs, examples,
-                 train.steps)
+    rows = (", each one or more rows of train.seq_len (data.truncation=windows)"
+            if config.data.truncation == "windows" else "")
+    logging.info("train.epochs=%g over %d training %s%s at batch %d: train.steps=%d",
+                 train.epochs, examples, unit, rows, train.batch_size, train.steps)
+  elif train.steps <= 0:
+    raise ValueError(f"train.steps={train.steps}: set --config.train.steps to a positive count, "
+                     "or --config.train.epochs to train by passes over the data")
   if train.warmup_ratio > 0:
     train.warmup_steps = int(train.warmup_ratio * train.steps)
 
 
-def prepare(config, workdir: str) -> list[str] | None:
-  """Resolves a fine-tuning config in place (see the module docstring); returns the labels."""
+def prepare(config, workdir: str, open_split) -> list[str] | None:
+  """Resolves a fine-tuning config in place (see the module docstring); returns the labels.
+
+  ``open_split(split)`` gives the run's data sources (data/inputs.DataSources), opened once.
+  """
   if config.objective in HEADS:
     config.model.head = HEADS[config.objective]
   if config.init_from:
@@ -149,7 +161,7 @@ def prepare(config, workdir: str) -> list[str] | None:
     logging.warning("init_from is empty: fine-tuning a randomly initialised model.")
   labels = None
   if config.objective in LABEL_FIELDS:
-    labels = _labels(config, workdir, LABEL_FIELDS[config.objective])
+    labels = _labels(config, workdir, LABEL_FIELDS[config.objective], open_split)
     config.model.num_labels = len(labels)
-  _schedule(config, workdir)
+  _schedule(config, open_split)
   return labels

@@ -17,7 +17,6 @@ from lm_research.models import ModelConfig, build_model
 from lm_research.models.layout import get_params, set_params
 
 TOL = 1e-4
-DELTAS = {}  # name -> max |delta|, printed at the end (pytest -s) for the record
 
 
 def _inputs(vocab, seed=0, length=7):
@@ -33,10 +32,9 @@ def _inputs(vocab, seed=0, length=7):
 
 
 def _check(name, ours, theirs):
-  """Asserts max |ours - theirs| <= TOL and records it."""
+  """Asserts max |ours - theirs| <= TOL."""
   theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
   delta = float(np.max(np.abs(np.asarray(ours, np.float32) - theirs)))
-  DELTAS[name] = max(delta, DELTAS.get(name, 0.0))
   assert delta <= TOL, f"{name}: max |delta| = {delta}"
 
 
@@ -379,8 +377,3 @@ def test_save_rejects_what_hf_cannot_represent(tmp_path):
   with pytest.raises(ValueError, match="Cannot save as a Hugging Face gpt2 checkpoint"):
     hf.save(nnx.eval_shape(lambda: build_model(llama, 0)), llama, tmp_path)
 
-
-def test_zz_report_deltas():
-  """Prints the measured max |delta| of every comparison (run with -s to see them)."""
-  for name, delta in sorted(DELTAS.items()):
-    print(f"{name:45s} {delta:.2e}")

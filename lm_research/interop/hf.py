@@ -4,13 +4,14 @@
   model, cfg = hf.load(path, head="sequence_classification")  # a new head starts fresh
   hf.save(model, cfg, "out/")                         # transformers' from_pretrained reads it
 
-The per-family name and config mapping lives in ``hf_convert``; this module does the files,
-the checks and the warnings.
+Each model type's config and weight-name mapping lives in its own module (bert.py, gpt2.py,
+t5.py, listed in families.py); this module does the files, the checks and the warnings.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -22,7 +23,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from lm_research.interop import hf_convert as conv
+from lm_research.interop.families import BY_OUR_FAMILY, FAMILIES, model_type_of
+from lm_research.interop.family import HEAD_PARAMS, HFFamily, same
 from lm_research.models import ModelConfig, build_model
 from lm_research.models.layout import flatten, get_params, set_params, unflatten
 
@@ -77,18 +79,28 @@ def _weight_files(folder: Path) -> list[Path]:
                    "checkpoint's model.safetensors (or all its shards) into that folder.")
 
 
-def _to_ours(x: np.ndarray, kind: str, cfg: ModelConfig) -> np.ndarray:
-  """Applies an entry's ``kind`` (see hf_convert) to a checkpoint tensor."""
-  x = np.asarray(x, np.float32)
-  if kind == "T":
-    return x.T
-  if kind == "Ts":
-    return x.T * np.float32(cfg.d_model ** -0.5)
-  if kind in ("q", "k", "v"):
-    third = x.shape[-1] // 3
-    i = "qkv".index(kind)
-    return x[..., i * third:(i + 1) * third] if x.shape[-1] % 3 == 0 else x
-  return x
+def _normalise(fam: HFFamily, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Checkpoint keys in one canonical spelling: old TF names, with the base-model prefix."""
+  out = {}
+  for key, value in tensors.items():
+    # TF-converted BERT checkpoints (e.g. bert-base-uncased) call LayerNorm params gamma/beta.
+    key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+    if key.split(".")[0] in fam.roots:
+      key = fam.prefix + key
+    out[key] = value
+  return fam.fix_tensors(out)
+
+
+def _infer_head(fam: HFFamily, hf: dict, tensors: dict) -> str:
+  """The head named by architectures[0], or guessed from the weights when it is absent."""
+  archs = hf.get("architectures") or []
+  if not archs:
+    return fam.head_from_weights(tensors)
+  if archs[0] not in fam.archs:
+    raise ValueError(
+        f"config.json architectures[0]={archs[0]!r} is not supported; supported: "
+        f"{', '.join(fam.archs)}. Pass head='none' to load just the base model.")
+  return fam.archs[archs[0]]
 
 
 def _short(names: list[str], n: int = 8) -> str:
@@ -96,20 +108,19 @@ def _short(names: list[str], n: int = 8) -> str:
   return ", ".join(names[:n]) + more
 
 
-def _tied_copies(model_type: str, cfg: ModelConfig, tensors: dict, used: set,
+def _tied_copies(fam: HFFamily, cfg: ModelConfig, tensors: dict, used: set,
                  folder: Path) -> set[str]:
   """Stored copies of tied weights (e.g. BERT's MLM decoder): used, though never read."""
   copies = set()
-  for alias, source in conv.tied_aliases(model_type).items():
+  for alias, source in fam.tied_aliases.items():
     if alias in tensors and source in used:
-      if conv.same(tensors[alias], tensors[source]):
+      if same(tensors[alias], tensors[source]):
         copies.add(alias)
-      elif alias.startswith("cls."):
-        raise ValueError(f"{folder}: {alias} differs from {source}; an untied BERT MLM "
-                         "decoder is not supported, load with head='none' to drop it.")
-  lm_source = {"gpt2": "transformer.wte.weight", "t5": "shared.weight"}.get(model_type)
-  if lm_source and cfg.tie_embeddings and conv.same(tensors.get("lm_head.weight"),
-                                                     tensors.get(lm_source)):
+      elif fam.strict_ties:
+        raise ValueError(f"{folder}: {alias} differs from {source}; an untied copy is not "
+                         "supported, load with head='none' to drop it.")
+  if fam.lm_tie_source and cfg.tie_embeddings and same(tensors.get("lm_head.weight"),
+                                                       tensors.get(fam.lm_tie_source)):
     copies.add("lm_head.weight")
   return copies
 
@@ -124,32 +135,32 @@ def _fresh(leaf: str, shape: tuple, cfg: ModelConfig, rng: np.random.Generator) 
 
 
 def _read_folder(path: str | Path, head: str | None):
-  """(folder, config.json dict, model type, memory-mapped tensors, our ModelConfig)."""
+  """(folder, config.json dict, family, memory-mapped tensors, our ModelConfig)."""
   folder = Path(path)
   folder = folder.parent if folder.name == "config.json" else folder
   if not (folder / "config.json").is_file():
     raise ValueError(f"{folder} has no config.json; pass a Hugging Face model folder "
                      "(config.json + *.safetensors).")
   hf = json.loads((folder / "config.json").read_text())
-  model_type = conv.model_type_of(hf)
-  if model_type not in conv.FAMILY:
+  model_type = model_type_of(hf)
+  if model_type not in FAMILIES:
     raise ValueError(f"config.json model_type={model_type!r} is not supported; hf.load reads "
-                     f"{', '.join(conv.FAMILY)} checkpoints.")
+                     f"{', '.join(FAMILIES)} checkpoints.")
+  fam = FAMILIES[model_type]
   tensors: dict[str, np.ndarray] = {}
   for file in _weight_files(folder):
     tensors.update(_read_safetensors(file))
-  tensors = conv.normalise(model_type, tensors)
-  head = conv.infer_head(model_type, hf, tensors) if head is None else head
-  heads = sorted(set(conv.ARCHS[model_type].values()))
-  if head not in heads:
+  tensors = _normalise(fam, tensors)
+  head = _infer_head(fam, hf, tensors) if head is None else head
+  if head not in fam.heads():
     raise ValueError(f"head={head!r} does not exist for {model_type}; use one of "
-                     f"{', '.join(heads)}.")
+                     f"{', '.join(fam.heads())}.")
   try:
-    cfg = conv.config_from_hf(model_type, hf, tensors, head)
+    cfg = fam.config_from_hf(hf, tensors, head)
   except KeyError as e:
     raise ValueError(f"{folder}/config.json lacks {e}, which {model_type} needs; use the "
                      "config.json that came with the checkpoint.") from None
-  return folder, hf, model_type, tensors, cfg
+  return folder, hf, fam, tensors, cfg
 
 
 def read_config(path: str | Path, head: str | None = None) -> ModelConfig:
@@ -160,30 +171,29 @@ def read_config(path: str | Path, head: str | None = None) -> ModelConfig:
 def load(path: str | Path, head: str | None = None, dtype: str | None = None,
          scan_layers: bool = False) -> tuple[nnx.Module, ModelConfig]:
   """Builds the NNX model of a Hugging Face BERT / GPT-2 / T5 folder; returns (model, cfg)."""
-  folder, hf, model_type, tensors, cfg = _read_folder(path, head)
-  head = cfg.head
+  folder, hf, fam, tensors, cfg = _read_folder(path, head)
+  head, model_type = cfg.head, fam.model_type
   cfg = cfg.replace(scan_layers=scan_layers,
                     **({"dtype": jnp.dtype(dtype).name} if dtype is not None else {}))
-  scaled = model_type == "t5" and conv.t5_lm_head(hf, tensors) == "scaled"
   # Shapes only: initialising every weight just to overwrite it costs many small compiles.
   loop_cfg = cfg.replace(scan_layers=False)  # set_params takes the loop layout and stacks it
   params = flatten(get_params(nnx.eval_shape(lambda: build_model(loop_cfg, 0))))
   used, fresh, fresh_paths, missing = set(), [], [], []
-  for ours, keys, kind in conv.entries(model_type, cfg, "Ts" if scaled else "T"):
-    keys = keys if isinstance(keys, tuple) else (keys,)
-    if kind == "0":
+  for entry in fam.entries(cfg, rescaled_lm_head=fam.rescaled_lm_head(hf, tensors)):
+    ours, keys = entry.ours, entry.keys
+    if not keys:  # no such tensor in HF: the parameter is zero
       params[ours] = np.zeros(params[ours].shape, np.float32)
       continue
     found = next((k for k in keys if k in tensors), None)
     if found is None:
-      if ours[0] in conv.HEAD_PARAMS:
+      if ours[0] in HEAD_PARAMS:
         fresh.append(keys[0])
         fresh_paths.append(ours)
       else:
         missing.append(keys[0])
       continue
     used.add(found)
-    value = _to_ours(tensors[found], kind, cfg)
+    value = entry.to_ours(tensors[found], cfg)
     if value.shape != tuple(params[ours].shape):
       raise ValueError(
           f"{folder}: tensor {found} has shape {tuple(tensors[found].shape)}, but config.json "
@@ -194,7 +204,7 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
     raise ValueError(f"{folder} lacks {len(missing)} weights the {model_type} body needs "
                      f"({_short(missing, 3)}); the checkpoint is incomplete or not a "
                      f"{model_type} model.")
-  used |= _tied_copies(model_type, cfg, tensors, used, folder)
+  used |= _tied_copies(fam, cfg, tensors, used, folder)
   unused = sorted(set(tensors) - used)
   if unused:
     warnings.warn(f"hf.load({folder.name}): ignored {len(unused)} checkpoint tensors the "
@@ -214,43 +224,32 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
 
 def save(model: nnx.Module, cfg: ModelConfig, path: str | Path) -> None:
   """Writes config.json and model.safetensors that transformers loads with the same outputs."""
-  model_type, hf = conv.config_to_hf(cfg)
+  if cfg.family not in BY_OUR_FAMILY:
+    raise ValueError(f"Cannot save model.family={cfg.family!r} as a Hugging Face checkpoint; "
+                     "save a native checkpoint instead.")
+  fam = BY_OUR_FAMILY[cfg.family]
+  hf = fam.config_to_hf(cfg)
   arch = hf["architectures"][0]
   params = flatten(get_params(model))
   tensors: dict[str, np.ndarray] = {}
-  fused: dict[str, dict[str, np.ndarray]] = {}
-  for ours, keys, kind in conv.entries(model_type, cfg):
-    key = keys[0] if isinstance(keys, tuple) else keys
-    value = np.asarray(params[ours], np.float32)
-    if kind == "0":
+  fused: dict[str, dict[int, np.ndarray]] = {}
+  for entry in fam.entries(cfg):
+    value = entry.to_hf(params[entry.ours])
+    if not entry.keys:
       if np.any(value != 0):
-        raise ValueError(f"Cannot save as {arch}: its classifier has no bias, but "
-                         f"{'.'.join(map(str, ours))} is non-zero; fine-tune without it or save "
-                         "a native checkpoint.")
+        raise ValueError(f"Cannot save as {arch}: it has no {'.'.join(map(str, entry.ours))}, "
+                         "but ours is non-zero; fine-tune without it or save a native checkpoint.")
       continue
-    if kind in ("q", "k", "v"):
-      fused.setdefault(key, {})[kind] = value
+    if entry.fused_third is not None:
+      fused.setdefault(entry.keys[0], {})[entry.fused_third] = value
       continue
-    tensors[key] = value.T if kind == "T" else value
+    tensors[entry.keys[0]] = value
   for key, parts in fused.items():
-    tensors[key] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=-1)
-  if model_type == "bert":
-    if not cfg.type_vocab_size:
-      tensors["bert.embeddings.token_type_embeddings.weight"] = np.zeros((1, cfg.d_model),
-                                                                         np.float32)
-    if cfg.head in ("lm", "token_classification"):
-      # These HF classes are built without a pooler; extra keys would only warn on load.
-      tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
-    elif not cfg.pooler:
-      warnings.warn("transformers' BertModel always has a pooler; this model has none, so "
-                    "transformers will initialise it freshly (hidden states are unaffected).",
-                    stacklevel=2)
-  if arch == "T5Model":
-    tensors.pop("lm_head.weight", None)  # T5Model has no LM head
-  if arch in ("BertModel", "GPT2Model"):
+    tensors[key] = np.concatenate([parts[i] for i in sorted(parts)], axis=-1)
+  tensors = fam.save_fixups(tensors, cfg, arch)
+  if fam.archs[arch] == "none" and fam.prefix:
     # A base model saved alone carries no 'bert.' / 'transformer.' prefix.
-    prefix = conv.PREFIX[model_type][0]
-    tensors = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+    tensors = {k.removeprefix(fam.prefix): v for k, v in tensors.items()}
   folder = Path(path)
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")

@@ -136,7 +136,7 @@ def test_tagging_from_a_hugging_face_bert_folder(tmp_path, bert_folder):
   metrics = train.train_and_evaluate(c, workdir)
   assert metrics["eval/token_accuracy"] >= 0.95
   assert metrics["eval/f1"] >= 0.9  # entity level: both words of the name, right type
-  assert json.load(open(f"{workdir}/config.json" if False else f"{workdir}/labels.json"))[
+  assert json.load(open(f"{workdir}/labels.json"))[
       "labels"] == ["B-PER", "I-PER", "O"]
   inputs = tmp_path / "inputs.jsonl"
   inputs.write_text("".join(json.dumps({"tokens": s[0]}) + "\n" for s in eval_sentences))

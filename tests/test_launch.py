@@ -82,12 +82,28 @@ def test_slurm_dry_run_runs_one_process_per_node_through_srun():
   assert outside.returncode == 2 and "sbatch launch/gpu_slurm.sbatch" in outside.stderr
 
 
-def test_slurm_jobs_use_jax_slurm_detection():
-  with open(os.path.join(ROOT, "lm_research/main.py")) as f:
-    main = f.read()
-  # main.py initialises jax.distributed with no arguments when SLURM_JOB_ID is set, which is
-  # what lets every srun task run the identical command.
-  assert '"SLURM_JOB_ID"' in main and "jax.distributed.initialize()" in main
+def test_slurm_jobs_use_jax_slurm_detection(monkeypatch):
+  """Inside a SLURM job, jax.distributed starts with no arguments (JAX reads the job's
+  environment), which is what lets every srun task run the identical command."""
+  import jax  # noqa: PLC0415
+  from absl import flags  # noqa: PLC0415
+
+  from lm_research import main  # noqa: PLC0415
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  parsed = flags.FLAGS.is_parsed()
+  if not parsed:
+    flags.FLAGS(["main"])  # the defaults: no --coordinator_address
+  try:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    main._init_distributed()
+    assert calls == []  # a plain single-process run starts no cluster
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    main._init_distributed()
+    assert calls == [((), {})]
+  finally:
+    if not parsed:
+      flags.FLAGS.unparse_flags()
 
 
 def test_xpk_dry_runs_for_tpu_and_gpu_and_workload_management():

@@ -1,7 +1,8 @@
 """Our train step vs ``transformers`` + PyTorch eager, same shapes, same process.
 
-  python bench/compare_torch.py --config=configs/gpt2_small.py --batch_size=4 --seq_len=512 --steps=5
-  python bench/compare_torch.py --config=configs/bert_base.py --batch_size=8 --seq_len=128 --steps=5
+  python -m bench.compare_torch --config=configs/gpt2_small.py --batch_size=4 --seq_len=512 \
+      --steps=5
+  python -m bench.compare_torch --config=configs/bert_base.py --batch_size=8 --seq_len=128 --steps=5
 
 BERT runs ``BertForPreTraining`` with the MLM + NSP loss, GPT-2 ``GPT2LMHeadModel`` with the
 causal LM loss; both with AdamW, f32, dropout where ours has it (not on attention
@@ -18,10 +19,8 @@ import sys
 import time
 from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "batch size")
@@ -32,8 +31,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps first")
 
 def torch_model_and_batch(cfg, batch_size: int, seq_len: int):
   """The transformers model matching our config, and a random batch with its labels."""
-  import torch
-  import transformers
+  import torch  # noqa: PLC0415  (optional: requirements-test.txt)
+  import transformers  # noqa: PLC0415
 
   m = cfg.model
   # Dropout where our models have it (embeddings, residual branches); none on the attention
@@ -69,7 +68,7 @@ def torch_model_and_batch(cfg, batch_size: int, seq_len: int):
 
 def run_torch(cfg, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
   """Times ``steps`` AdamW steps of the transformers model in eager mode."""
-  import torch
+  import torch  # noqa: PLC0415  (optional: requirements-test.txt)
 
   torch.set_num_threads(os.cpu_count())
   model, batch = torch_model_and_batch(cfg, batch_size, seq_len)
@@ -100,12 +99,12 @@ def main(argv: Sequence[str]) -> None:
   """Runs ours, then PyTorch, and prints both and the ratio."""
   del argv
   try:
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import torch  # noqa: F401, PLC0415
+    import transformers  # noqa: F401, PLC0415
   except ImportError as e:
     sys.exit(f"error: the comparison needs torch and transformers ({e.name} is missing): "
              "pip install -r requirements-test.txt")
-  from lm_research import bench
+  from lm_research import bench  # noqa: PLC0415  (after flag parsing)
 
   cfg = _CONFIG.value
   ours = bench.run_bench(cfg, batch_size=_BATCH.value, seq_len=_SEQ.value, steps=_STEPS.value,
@@ -132,7 +131,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  # Both frameworks run in this process, so both get the huge-page malloc (lm_research/hugepages.py).
+  # Both frameworks run in this process, so both get the huge-page malloc (hugepages.py).
   from lm_research import hugepages
   hugepages.reexec_with_hugepages()
   app.run(main)

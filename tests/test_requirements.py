@@ -50,7 +50,8 @@ def _guarded_lines(tree: ast.AST) -> set[int]:
     caught = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
     if any(name in text for text in caught for name in ("ImportError", "ModuleNotFoundError")):
       for inner in node.body:
-        lines.update(n.lineno for n in ast.walk(inner) if isinstance(n, (ast.Import, ast.ImportFrom)))
+        lines.update(n.lineno for n in ast.walk(inner)
+                     if isinstance(n, (ast.Import, ast.ImportFrom)))
   return lines
 
 

@@ -37,7 +37,8 @@ def config_from_hf(hf: dict[str, Any], tensors: dict, head: str) -> ModelConfig:
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
   """BERT's config.json for ``cfg``, or a one-line error naming what BERT cannot hold."""
-  std_scale = cfg.attention_scale is None or abs(cfg.attention_scale - cfg.dim_per_head ** -0.5) < 1e-9
+  std_scale = (cfg.attention_scale is None
+               or abs(cfg.attention_scale - cfg.dim_per_head ** -0.5) < 1e-9)
   f.check_savable("bert", f.common_problems(cfg) + [
       (cfg.norm != "layernorm", f"norm={cfg.norm!r}"), (cfg.gated_mlp, "gated_mlp=True"),
       (cfg.position != "learned", f"position={cfg.position!r}"),
@@ -45,7 +46,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
        f"head_dim={cfg.head_dim}"), (not cfg.use_bias, "use_bias=False"),
       (cfg.pre_norm, "pre_norm=True"), (not std_scale, f"attention_scale={cfg.attention_scale}"),
       (cfg.head in ("pretraining", "sequence_classification") and not cfg.pooler,
-       f"head={cfg.head!r} without a pooler"), (cfg.head not in ARCHS.values(), f"head={cfg.head!r}")])
+       f"head={cfg.head!r} without a pooler"),
+      (cfg.head not in ARCHS.values(), f"head={cfg.head!r}")])
   hf = f.base_hf_config("bert", ARCHS, cfg)
   hf.update(hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
             num_attention_heads=cfg.num_heads, intermediate_size=cfg.d_ff,

@@ -20,7 +20,8 @@ def config_from_hf(hf: dict[str, Any], tensors: dict, head: str) -> ModelConfig:
   # reorder_and_upcast_attn only changes precision (float32 scores), which we compute anyway.
   d = hf["n_embd"]
   lm = tensors.get("lm_head.weight")
-  tie = hf.get("tie_word_embeddings", True) and (lm is None or f.same(lm, tensors.get(T + "wte.weight")))
+  tie = hf.get("tie_word_embeddings", True) and (
+      lm is None or f.same(lm, tensors.get(T + "wte.weight")))
   return ModelConfig(
       family="decoder", vocab_size=hf["vocab_size"], head=head,
       initializer_range=hf.get("initializer_range", 0.02), d_model=d, num_layers=hf["n_layer"],
@@ -35,7 +36,8 @@ def config_from_hf(hf: dict[str, Any], tensors: dict, head: str) -> ModelConfig:
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
   """GPT-2's config.json for ``cfg``, or a one-line error naming what GPT-2 cannot hold."""
-  std_scale = cfg.attention_scale is None or abs(cfg.attention_scale - cfg.dim_per_head ** -0.5) < 1e-9
+  std_scale = (cfg.attention_scale is None
+               or abs(cfg.attention_scale - cfg.dim_per_head ** -0.5) < 1e-9)
   f.check_savable("gpt2", f.common_problems(cfg) + [
       (cfg.norm != "layernorm", f"norm={cfg.norm!r}"), (cfg.gated_mlp, "gated_mlp=True"),
       (cfg.position != "learned", f"position={cfg.position!r}"),

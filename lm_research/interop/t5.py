@@ -36,7 +36,8 @@ def config_from_hf(hf: dict[str, Any], tensors: dict, head: str) -> ModelConfig:
   return ModelConfig(
       family="encoder_decoder", vocab_size=hf["vocab_size"], head=head,
       initializer_range=hf.get("initializer_range", 0.02), d_model=hf["d_model"],
-      num_layers=hf["num_layers"], num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+      num_layers=hf["num_layers"],
+      num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
       num_heads=hf["num_heads"], head_dim=hf["d_kv"], d_ff=hf["d_ff"],
       rel_buckets=hf.get("relative_attention_num_buckets", 32),
       rel_max_distance=hf.get("relative_attention_max_distance", 128), position="relative",

@@ -1,0 +1,1 @@
+"""Benchmarks that compare us with other frameworks (python -m bench.NAME)."""

@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lm_research.data.synthetic import SyntheticSource, synthetic_batch
-from lm_research.objectives import masked_lm
+from lm_research.objectives.registry import get_objective
 
 EVAL_SEED_OFFSET = 1_000_003  # eval data never shares randomness with training data
 _TEXTS_FOR_TOKENIZER = 200_000  # records read to train a tokenizer (bounded: big corpora)
@@ -61,17 +61,8 @@ def get_tokenizer(config, family: str, workdir: str, open_split: DataSources | N
 
 
 def _pipeline_options(config) -> dict:
-  """Objective options present in config.data (e.g. masked_lm_prob), passed to the pipeline."""
-  names = ("short_seq_prob", "masked_lm_prob", "max_predictions_per_seq", "whole_word_mask",
-           "noise_density", "mean_noise_span_length")
-  return {n: config.data[n] for n in names if n in config.data}
-
-
-def _synthetic_options(config) -> dict:
-  """The objective options that shape a synthetic batch (mlm_nsp's predictions per row)."""
-  if config.objective != "mlm_nsp":
-    return {}
-  return {"max_predictions": masked_lm.predictions_per_row(config.data, config.train.seq_len)}
+  """The objective's options (e.g. mlm_nsp's masked_lm_prob) as config.data sets them."""
+  return {n: config.data[n] for n in get_objective(config.objective).options if n in config.data}
 
 
 def num_data_shards(config, num_documents: int) -> int:
@@ -151,10 +142,10 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
   process_index, process_count = jax.process_index(), jax.process_count()
   seed = config.seed if split == "train" else config.seed + EVAL_SEED_OFFSET
   if config.data.source == "synthetic":
-    return SyntheticSource(config.objective, seed=seed, batch_size=config.train.batch_size,
-                           seq_len=config.train.seq_len, vocab_size=config.model.vocab_size,
-                           process_index=process_index, process_count=process_count,
-                           **_synthetic_options(config))
+    return SyntheticSource(get_objective(config.objective), seed=seed,
+                           batch_size=config.train.batch_size, seq_len=config.train.seq_len,
+                           vocab_size=config.model.vocab_size, process_index=process_index,
+                           process_count=process_count, data_cfg=config.data)
   from lm_research.data import pipeline  # noqa: PLC0415
   open_split = open_split or DataSources(config.data, workdir)
   source = open_split(split)
@@ -185,9 +176,9 @@ def eval_batches(config, batches: Iterator[dict], num_batches: int) -> Iterator[
   for _ in range(num_batches):
     batch = next(batches, None)
     if batch is None:
-      shapes = synthetic_batch(config.objective, step=0, seed=0,
+      shapes = synthetic_batch(get_objective(config.objective), step=0, seed=0,
                                batch_size=config.train.batch_size // jax.process_count(),
                                seq_len=config.train.seq_len, vocab_size=config.model.vocab_size,
-                               **_synthetic_options(config))
+                               data_cfg=config.data)
       batch = {k: np.zeros_like(v) for k, v in shapes.items()}
     yield batch

@@ -12,8 +12,9 @@ One pipeline per objective, built from the same stages (docs/design.md, "How dat
   FlatMapIterDataset(unlist)            one element per example
   WindowShuffleIterDataset              mixes examples of neighbouring documents (long documents
                                         such as a play would otherwise fill whole batches)
-  concat-then-split | first-fit pack    causal_lm rows | span_corruption rows, with segment ids
-                                        (packing.py, on Grain's experimental packers)
+  objective's pack                      causal_lm: concat-then-split rows; span_corruption:
+                                        first-fit packed rows, with segment ids (packing.py);
+                                        mlm_nsp: one example per row (objectives/documents.py)
   .batch(batch_size)                    per-process numpy batch (formats: objectives/registry.py)
   .mp_prefetch(worker_count)            worker processes when worker_count > 0
 
@@ -32,15 +33,10 @@ from absl import flags
 import grain
 import numpy as np
 
-from lm_research.data import packing
-from lm_research.objectives import causal_lm, masked_lm, span_corruption
+from lm_research.objectives.losses import Objective
+from lm_research.objectives.registry import PRETRAINING, get_objective
 
-OBJECTIVES = ("causal_lm", "mlm_nsp", "span_corruption")
-_BUILDER_OPTIONS = {
-    "causal_lm": (),
-    "mlm_nsp": ("short_seq_prob", "masked_lm_prob", "max_predictions_per_seq", "whole_word_mask"),
-    "span_corruption": ("noise_density", "mean_noise_span_length"),
-}
+OBJECTIVES = PRETRAINING  # the objectives whose examples this pipeline builds from documents
 
 
 def _text(record: Any) -> str:
@@ -81,13 +77,17 @@ class _Tag(grain.transforms.MapWithIndex):
 
 
 class _BuildExamples(grain.transforms.Map):
-  """(global index, document index) -> the list of that document's examples."""
+  """(global index, document index) -> the list of that document's examples.
+
+  Also the ``corpus`` an objective's example builder reads other documents through.
+  """
 
   _CACHED_DOCUMENTS = 64  # NSP's random documents; reading and splitting one costs ~3 ms
 
-  def __init__(self, source, tokenizer, objective: str, builder, seed: int, examples=None):
-    self.source, self.tokenizer, self.objective = source, tokenizer, objective
+  def __init__(self, source, tokenizer, builder, seed: int, examples=None):
+    self.source, self.tokenizer = source, tokenizer
     self.builder, self.seed, self.examples = builder, seed, examples
+    self.num_docs = len(source)
     self._new_cache()
 
   def _new_cache(self):
@@ -102,7 +102,14 @@ class _BuildExamples(grain.transforms.Map):
     self.__dict__.update(state)
     self._new_cache()
 
-  def _other_document(self, doc_index: int) -> _LazyLines:
+  def encode_lines(self, text: str) -> list[list[int]]:
+    """A document's lines as token ids (one batched call when the tokenizer has one)."""
+    lines = _lines(text)
+    encode_batch = getattr(self.tokenizer, "encode_batch", None)
+    return encode_batch(lines) if encode_batch else [self.tokenizer.encode(x) for x in lines]
+
+  def other_document(self, doc_index: int) -> _LazyLines:
+    """Another document's lines, tokenized on demand (cached: NSP draws a few of each)."""
     with self._lock:
       if doc_index in self._cache:
         self._cache.move_to_end(doc_index)
@@ -121,21 +128,7 @@ class _BuildExamples(grain.transforms.Map):
     # Seeded by the global index: the same example gets the same masks after a restore, and
     # another epoch (a larger index) gets new ones.
     rng = np.random.default_rng([self.seed, global_index])
-    text = _text(self.source[doc_index])
-    encode = self.tokenizer.encode
-    if self.objective == "causal_lm":
-      bos = self.tokenizer.bos_id
-      # A decoder vocabulary may have no bos (GPT-2's): eos then starts documents too.
-      return causal_lm.document_examples(encode(text), eos_id=self.tokenizer.eos_id,
-                                         bos_id=self.tokenizer.eos_id if bos is None else bos)
-    if self.objective == "span_corruption":
-      return self.builder(encode(text), rng)
-    lines = _lines(text)
-    # One batched call when the tokenizer has one (SentencePiece encodes a list in C++).
-    encode_batch = getattr(self.tokenizer, "encode_batch", None)
-    document = [ids for ids in (encode_batch(lines) if encode_batch else map(encode, lines))
-                if ids]
-    return self.builder(document, doc_index, len(self.source), self._other_document, rng)
+    return self.builder(_text(self.source[doc_index]), doc_index, self, rng)
 
 
 class _Unlist(grain.experimental.FlatMapTransform):
@@ -147,36 +140,21 @@ class _Unlist(grain.experimental.FlatMapTransform):
     return examples
 
 
-class _Finalize(grain.transforms.Map):
-  """Packer output -> the objective's batch format (a picklable wrapper of a function)."""
-
-  def __init__(self, fn):
-    self.fn = fn
-
-  def map(self, element):
-    return self.fn(element)
-
-
-def _make_builder(objective: str, tokenizer, seq_len: int, options: dict):
-  """The objective's example builder, or a readable error for a bad option or tokenizer."""
-  unknown = set(options) - set(_BUILDER_OPTIONS[objective])
+def _example_builder(objective: Objective, tokenizer, seq_len: int, options: dict):
+  """The objective's document example builder, or a readable error for a bad option."""
+  unknown = set(options) - set(objective.options)
   if unknown:
-    raise ValueError(f"Unknown option(s) {sorted(unknown)} for objective {objective!r}; "
-                     f"it accepts {list(_BUILDER_OPTIONS[objective]) or 'none'}.")
-  if objective == "mlm_nsp":
-    return masked_lm.MlmNspBuilder(tokenizer, max_seq_len=seq_len, **options)
-  if objective == "span_corruption":
-    if len(getattr(tokenizer, "sentinel_ids", None) or []) == 0:
-      raise ValueError("span_corruption needs a tokenizer with sentinel ids (<extra_id_N>).")
-    return span_corruption.SpanCorruptionBuilder(tokenizer, input_length=seq_len, **options)
-  return None
+    raise ValueError(f"Unknown option(s) {sorted(unknown)} for objective {objective.name!r}; "
+                     f"it accepts {list(objective.options) or 'none'}.")
+  return objective.examples(tokenizer, seq_len, **options)
 
 
-def _check_args(source, objective, seq_len, batch_size, process_index, process_count,
+def _check_args(source, objective: Objective, seq_len, batch_size, process_index, process_count,
                 worker_count, examples):
   """Bad arguments end here, in one sentence each, before any work."""
-  if objective not in OBJECTIVES and examples is None:
-    raise ValueError(f"Unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+  if objective.examples is None and examples is None:
+    raise ValueError(f"objective={objective.name!r} builds no examples from documents; pass "
+                     "its task's row builder, or choose one of " + ", ".join(OBJECTIVES) + ".")
   if len(source) == 0:
     raise ValueError("The data source has no documents; check data.train_path/data.eval_path.")
   if seq_len < 2 or batch_size < 1:
@@ -187,8 +165,9 @@ def _check_args(source, objective, seq_len, batch_size, process_index, process_c
     raise ValueError(f"worker_count must be >= 0; got {worker_count}.")
 
 
-def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size: int, seed: int,
-                  shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
+def build_dataset(source, tokenizer, objective: str | Objective, *, seq_len: int, batch_size: int,
+                  seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int = 0,
                   process_count: int = 1, worker_count: int = 0, read_threads: int = 2,
                   shuffle_window: int = 1024, pad_last_batch: bool = False, examples=None,
                   **options) -> grain.IterDataset:
@@ -197,10 +176,11 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
   ``examples``: a fine-tuning row builder, ``(record, index) -> [row, ...]``
   (tasks/examples.py); it replaces the objective's own construction and packing.
   """
+  if isinstance(objective, str):
+    objective = get_objective(objective)
   _check_args(source, objective, seq_len, batch_size, process_index, process_count,
               worker_count, examples)
-  builder = None if examples is not None else _make_builder(objective, tokenizer, seq_len,
-                                                             options)
+  builder = examples or _example_builder(objective, tokenizer, seq_len, options)
   ds = grain.MapDataset.range(len(source))
   if shuffle:
     ds = ds.shuffle(seed)
@@ -208,31 +188,23 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
     ds = ds.repeat(num_epochs)
   ds = ds.map_with_index(_Tag())
   ds = ds[process_index::process_count]
-  ds = ds.map(_BuildExamples(source, tokenizer, objective, builder, seed, examples))
+  ds = ds.map(_BuildExamples(source, tokenizer, builder, seed, examples))
   # An element is a whole document's examples, so keep the read-ahead buffer short.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=max(2 * read_threads, 1)))
   ds = grain.experimental.FlatMapIterDataset(ds, _Unlist())
-  mix = shuffle and shuffle_window > 1
   # Its own seed: the document shuffle already uses seed + epoch with the same permutation code.
   window_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
-  packed = examples is None  # fine-tuning rows are one record each (padded), never packed
-  if packed and objective == "causal_lm":
-    ds = packing.concat_then_split(ds, {"input_ids": seq_len, "targets": seq_len})
-    if mix:  # rows, so one long document does not fill a whole batch
-      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
+
+  def mix(stream):
+    """Shuffles within a window of neighbouring examples or rows (when shuffling)."""
+    if not shuffle or shuffle_window <= 1:
+      return stream
+    return grain.experimental.WindowShuffleIterDataset(stream, window_size=shuffle_window,
                                                        seed=window_seed)
-    ds = ds.map(_Finalize(causal_lm.finalize_packed))
-  elif packed and objective == "span_corruption":
-    if mix:  # pieces, before packing, so rows mix documents
-      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
-                                                       seed=window_seed)
-    ds = packing.first_fit(ds, {"inputs": seq_len, "targets": builder.targets_length},
-                           num_bins=max(batch_size, 8))
-    ds = ds.map(_Finalize(span_corruption.finalize_packed))
-  elif mix:
-    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
-                                                     seed=window_seed)
+
+  # Fine-tuning rows are one record each (padded), never packed.
+  ds = mix(ds) if examples is not None else builder.pack(ds, batch_size, mix)
   if pad_last_batch:
     # Zero rows: segment ids, loss masks, MLM and NSP weights are 0, so they weigh nothing.
     ds = ds.batch(batch_size, batch_fn=functools.partial(grain.experimental.batch_and_pad,
@@ -248,8 +220,8 @@ def build_dataset(source, tokenizer, objective: str, *, seq_len: int, batch_size
   return ds
 
 
-def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
-                  seed: int, shuffle: bool = True, num_epochs: int | None = None,
+def make_pipeline(source, tokenizer, objective: str | Objective, *, seq_len: int,
+                  batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                   examples=None, **options) -> grain.DatasetIterator:
   """Training batches of ``objective`` from this process's share of ``source`` (checkpointable).
@@ -266,8 +238,9 @@ def make_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size
       process_count=process_count, worker_count=worker_count, examples=examples, **options))
 
 
-def make_eval_pipeline(source, tokenizer, objective: str, *, seq_len: int, batch_size: int,
-                       seed: int = 0, process_index: int = 0, process_count: int = 1,
+def make_eval_pipeline(source, tokenizer, objective: str | Objective, *, seq_len: int,
+                       batch_size: int, seed: int = 0, process_index: int = 0,
+                       process_count: int = 1,
                        worker_count: int = 0, examples=None, **options) -> grain.DatasetIterator:
   """One ordered pass over this process's share of ``source`` with fixed masks, padded at the end.
 

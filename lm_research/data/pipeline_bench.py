@@ -19,6 +19,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from lm_research.data import pipeline
+from lm_research.objectives.registry import get_objective
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bert_tiny.py", "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lm_research_pipeline_bench",
@@ -29,14 +30,6 @@ _THREADS = flags.DEFINE_integer("read_threads", 2, "threads reading and tokenizi
 _OBJECTIVES = flags.DEFINE_list("objectives", list(pipeline.OBJECTIVES), "objectives to time")
 
 BUNDLED_CORPUS = "data/shakespeare/train"
-FAMILY = {"causal_lm": "decoder", "mlm_nsp": "encoder", "span_corruption": "encoder_decoder"}
-# Real (non-padding) tokens of a batch: what the model actually reads.
-_TOKENS = {
-    "causal_lm": lambda b: int((b["segment_ids"] > 0).sum()),
-    "mlm_nsp": lambda b: int(b["attention_mask"].sum()),
-    "span_corruption": lambda b: int((b["segment_ids"] > 0).sum()
-                                     + (b["decoder_segment_ids"] > 0).sum()),
-}
 
 
 def open_corpus(config, workdir: str):
@@ -51,7 +44,7 @@ def open_corpus(config, workdir: str):
 def tokenizer_for(objective: str, config, data: dict, source, workdir: str):
   """A tokenizer of the family ``objective`` trains, trained on the corpus on first use."""
   from lm_research.data import tokenizer as tokenizers
-  family = FAMILY[objective]
+  family = get_objective(objective).families[0]
   return tokenizers.get_or_train_tokenizer(
       data.get("tokenizer_path", ""),
       lambda: (source[i]["text"] for i in range(len(source))), family,
@@ -72,13 +65,15 @@ def bench(source, tokenizer, objective: str, *, seq_len: int, batch_size: int, b
                               read_threads=read_threads)
   rows = tokens = encoder_tokens = 0
   first = None
+  count_tokens = get_objective(objective).tokens  # real (non-padding) tokens the model reads
   for _ in range(batches):
     batch = next(it)
     first = first or time.perf_counter() - start
     rows += len(next(iter(batch.values())))
-    tokens += _TOKENS[objective](batch)
-    encoder_tokens += int(batch["attention_mask" if objective == "mlm_nsp"
-                                else "segment_ids"].astype(bool).sum())
+    tokens += int(count_tokens(batch))
+    # Padding shows as 0 in the attention mask (unpacked rows) or the segment ids (packed).
+    occupied = batch["attention_mask"] if "attention_mask" in batch else batch["segment_ids"]
+    encoder_tokens += int(occupied.astype(bool).sum())
   elapsed = time.perf_counter() - start
   if worker_count:
     it.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm_research.objectives.masked_lm import default_max_predictions
+from lm_research.objectives import masked_lm
 from lm_research.objectives.span_corruption import random_spans_helper
 
 FIRST_TOKEN = 5  # ids below this are left to special tokens (pad, eos, cls, sep, mask)
@@ -28,7 +28,9 @@ def _packed_segments(rng: np.random.Generator, batch: int, length: int):
   return segments, positions
 
 
-def _causal_lm(rng, batch, length, vocab):
+def causal_lm_batch(rng, batch, length, vocab, data_cfg=None):
+  """Packed next-token rows: two documents and some padding per row."""
+  del data_cfg
   segments, positions = _packed_segments(rng, batch, length)
   tokens = rng.integers(FIRST_TOKEN, vocab, (batch, length + 1)).astype(np.int32)
   same_doc = np.concatenate([segments[:, 1:] == segments[:, :-1],
@@ -38,7 +40,8 @@ def _causal_lm(rng, batch, length, vocab):
           "loss_mask": (same_doc & (segments != 0)).astype(np.float32)}
 
 
-def _mlm_nsp(rng, batch, length, vocab, max_predictions=None):
+def mlm_nsp_batch(rng, batch, length, vocab, data_cfg=None):
+  """Sentence pairs with 15% of tokens to predict, at most ``data.max_predictions_per_seq``."""
   used = rng.integers(length // 2, length + 1, batch)
   mask = (np.arange(length)[None, :] < used[:, None]).astype(np.int32)
   tokens = rng.integers(FIRST_TOKEN, vocab, (batch, length)).astype(np.int32) * mask
@@ -46,7 +49,8 @@ def _mlm_nsp(rng, batch, length, vocab, max_predictions=None):
   types = ((np.arange(length)[None, :] >= split[:, None]) & (mask == 1)).astype(np.int32)
   # 15% of each row's tokens (never position 0, the [CLS] slot), at most max_predictions of
   # them, listed in mlm_positions padded with 0 as the real pipeline does.
-  predictions = max_predictions or default_max_predictions(length)
+  predictions = (masked_lm.predictions_per_row(data_cfg, length) if data_cfg is not None
+                 else masked_lm.default_max_predictions(length))
   weights = np.zeros((batch, length), np.float32)
   mlm_positions = np.zeros((batch, predictions), np.int32)
   for row in range(batch):
@@ -61,7 +65,9 @@ def _mlm_nsp(rng, batch, length, vocab, max_predictions=None):
           "nsp_weights": np.ones(batch, np.float32)}
 
 
-def _span_corruption(rng, batch, length, vocab):
+def span_corruption_batch(rng, batch, length, vocab, data_cfg=None):
+  """Packed (inputs, targets) rows at T5's target length for ``length`` inputs."""
+  del data_cfg
   target_length = random_spans_helper(length)[1]  # T5's: inputs 512 -> targets 114
   enc_segments, enc_positions = _packed_segments(rng, batch, length)
   dec_segments, dec_positions = _packed_segments(rng, batch, target_length)
@@ -75,19 +81,20 @@ def _span_corruption(rng, batch, length, vocab):
           "loss_mask": (dec_segments != 0).astype(np.float32)}
 
 
-_MAKERS = {"causal_lm": _causal_lm, "mlm_nsp": _mlm_nsp, "span_corruption": _span_corruption}
-
-
-def synthetic_batch(objective: str, *, step: int, seed: int, batch_size: int, seq_len: int,
+def synthetic_batch(objective, *, step: int, seed: int, batch_size: int, seq_len: int,
                     vocab_size: int, process_index: int = 0, process_count: int = 1,
-                    max_predictions: int | None = None) -> dict[str, np.ndarray]:
-  """This process's rows of global batch number ``step`` for ``objective``.
-
-  ``max_predictions``: mlm_nsp's masked positions per row (default: ceil of 15% of seq_len).
-  """
+                    data_cfg=None) -> dict[str, np.ndarray]:
+  """This process's rows of global batch number ``step`` for ``objective`` (an Objective or a
+  pretraining objective's name); ``data_cfg``: the options that shape a batch (mlm_nsp's
+  masked positions per row; default: ceil of 15% of seq_len)."""
+  if isinstance(objective, str):
+    from lm_research.objectives.registry import get_objective  # noqa: PLC0415  (it imports us)
+    objective = get_objective(objective)
+  if objective.synthetic is None:
+    raise ValueError(f"objective={objective.name!r} has no synthetic batches; use real data "
+                     "(data.source='files' or a catalog name).")
   rng = np.random.default_rng([seed, step])
-  extra = {"max_predictions": max_predictions} if objective == "mlm_nsp" else {}
-  batch = _MAKERS[objective](rng, batch_size, seq_len, vocab_size, **extra)
+  batch = objective.synthetic(rng, batch_size, seq_len, vocab_size, data_cfg)
   rows = batch_size // process_count
   return {k: v[process_index * rows:(process_index + 1) * rows] for k, v in batch.items()}
 

@@ -19,7 +19,8 @@ Batch = Mapping[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """What a training objective tells the engine."""
+  """What a training objective tells the engine: its loss and metrics, and for pretraining
+  objectives how documents become rows (``examples``) and what a synthetic batch looks like."""
 
   name: str
   families: tuple[str, ...]  # the model families it trains
@@ -28,6 +29,16 @@ class Objective:
   terms: Mapping[str, str]  # metric term -> name of its denominator
   loss_terms: tuple[str, ...]  # terms that add up to the optimised loss
   tokens: Callable[[Batch], jax.Array]  # tokens processed in a batch (for tokens/s)
+  # (tokenizer, seq_len, **options) -> document example builder (objectives/documents.py);
+  # None for fine-tuning objectives, whose rows come from a task's row builder.
+  examples: type | None = None
+  # (rng, batch, length, vocab, data_cfg) -> a random batch of the format (data/synthetic.py).
+  synthetic: Callable | None = None
+
+  @property
+  def options(self) -> tuple[str, ...]:
+    """The config.data keys its example builder takes."""
+    return self.examples.options if self.examples is not None else ()
 
   def ratios(self, numerators: Mapping, denominators: Mapping) -> dict[str, jax.Array]:
     """Each term divided by its denominator, plus 'loss' = the sum of the loss terms."""

@@ -21,7 +21,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from lm_research.objectives import causal_lm, classification, masked_lm, span_corruption
+from lm_research.data import synthetic
+from lm_research.objectives import causal_lm, classification, documents, masked_lm
+from lm_research.objectives import span_corruption
 from lm_research.objectives.losses import Objective, lm_denominators
 
 _LM_TERMS = {"loss": "tokens", "ce": "tokens", "accuracy": "tokens"}
@@ -30,19 +32,22 @@ OBJECTIVES = {
     "causal_lm": Objective(
         name="causal_lm", families=("decoder",), numerators=causal_lm.loss_numerators,
         denominators=lm_denominators, terms=_LM_TERMS, loss_terms=("loss",),
-        tokens=lambda b: jnp.sum(b["segment_ids"] != 0)),
+        tokens=lambda b: jnp.sum(b["segment_ids"] != 0),
+        examples=documents.CausalLmExamples, synthetic=synthetic.causal_lm_batch),
     "mlm_nsp": Objective(
         name="mlm_nsp", families=("encoder",), numerators=masked_lm.loss_numerators,
         denominators=masked_lm.loss_denominators,
         terms={"mlm_loss": "masked", "mlm_accuracy": "masked", "nsp_loss": "examples",
                "nsp_accuracy": "examples"},
         loss_terms=("mlm_loss", "nsp_loss"),
-        tokens=lambda b: jnp.sum(b["attention_mask"])),
+        tokens=lambda b: jnp.sum(b["attention_mask"]),
+        examples=documents.MlmNspExamples, synthetic=synthetic.mlm_nsp_batch),
     "span_corruption": Objective(
         name="span_corruption", families=("encoder_decoder",),
         numerators=span_corruption.loss_numerators, denominators=lm_denominators,
         terms=_LM_TERMS, loss_terms=("loss",),
-        tokens=lambda b: jnp.sum(b["segment_ids"] != 0) + jnp.sum(b["decoder_segment_ids"] != 0)),
+        tokens=lambda b: jnp.sum(b["segment_ids"] != 0) + jnp.sum(b["decoder_segment_ids"] != 0),
+        examples=documents.SpanCorruptionExamples, synthetic=synthetic.span_corruption_batch),
     "classification": Objective(
         name="classification", families=("encoder", "decoder"),
         numerators=classification.sequence_numerators,
@@ -56,8 +61,12 @@ OBJECTIVES = {
         terms={"loss": "words", "token_accuracy": "words"}, loss_terms=("loss",),
         tokens=lambda b: jnp.sum(b["attention_mask"])),
 }
-# Seq2seq rows are span corruption's batch format with one (input, target) pair each.
-OBJECTIVES["seq2seq"] = dataclasses.replace(OBJECTIVES["span_corruption"], name="seq2seq")
+# Seq2seq rows are span corruption's batch format with one (input, target) pair each, built by
+# the seq2seq task's row builder rather than from documents.
+OBJECTIVES["seq2seq"] = dataclasses.replace(OBJECTIVES["span_corruption"], name="seq2seq",
+                                            examples=None)
+# The pretraining objectives: examples built from plain documents.
+PRETRAINING = tuple(name for name, o in OBJECTIVES.items() if o.examples is not None)
 # The fine-tuning objectives: their data are labelled records, evaluated with task metrics.
 TASKS = ("classification", "tagging", "seq2seq")
 

@@ -34,11 +34,19 @@ def open_split(tmp_path, split="train", **overrides):
   return sources.open_source(data_cfg(tmp_path, **overrides), split, str(tmp_path / "work"))
 
 
-def document(path):
-  """A .txt file as the reader must give it: decoded, line breaks kept, final one dropped."""
+def documents(path):
+  """A .txt file's documents as the reader must give them: decoded, blocks of non-blank lines
+  (blank lines separate documents, as in BERT's pretraining data), line breaks kept."""
   with open(path, encoding="utf-8") as f:
     text = f.read()
-  return text[:-1] if text.endswith("\n") else text
+  blocks, lines = [], []
+  for line in text.split("\n") + [""]:
+    if line.strip():
+      lines.append(line)
+    elif lines:
+      blocks.append("\n".join(lines))
+      lines = []
+  return blocks
 
 
 def records(source):
@@ -58,18 +66,20 @@ def test_bundled_shakespeare_folders(tmp_path):
   # relative paths resolve against the repository root from any working directory
   kw = dict(train_path="data/shakespeare/train", eval_path="data/shakespeare/eval")
   train, evals = open_split(tmp_path, "train", **kw), open_split(tmp_path, "eval", **kw)
-  assert (len(train), len(evals)) == (13, 2) == (len(train_files), len(eval_files))
-  assert [r["text"] for r in records(train)] == [document(f) for f in train_files]
-  assert [r["text"] for r in records(evals)] == [document(f) for f in eval_files]
+  assert (len(train_files), len(eval_files)) == (13, 2)
+  # each play's speeches (blank lines between them) are its documents
+  assert [r["text"] for r in records(train)] == [d for f in train_files for d in documents(f)]
+  assert [r["text"] for r in records(evals)] == [d for f in eval_files for d in documents(f)]
+  assert (len(train), len(evals)) == (12841, 1712)
   # a document keeps its lines: the units of MLM/NSP
-  assert train[0]["text"].split("\n") == document(train_files[0]).split("\n")
+  assert train[0]["text"].split("\n") == documents(train_files[0])[0].split("\n")
 
 
 def test_grain_reads_the_source_and_it_pickles(tmp_path):
   train = open_split(tmp_path, train_path=os.path.join(SHAKESPEARE, "eval"), eval_path="")
   ds = grain.MapDataset.source(train).shuffle(seed=3).map(lambda r: len(r["text"]))
   lengths = sorted(ds[i] for i in range(len(ds)))
-  assert lengths == [len(r["text"]) for r in records(train)]
+  assert lengths == sorted(len(r["text"]) for r in records(train))
   copy = pickle.loads(pickle.dumps(train))  # Grain worker processes receive it pickled
   assert copy[0] == train[0] and train.__getitems__([0]) == [train[0]]
 

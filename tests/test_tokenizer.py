@@ -133,7 +133,7 @@ def test_bpe_training_and_too_small_vocab(tmp_path):
   assert os.path.exists(tmp_path / "bpe.model")
   assert tok.decode(tok.encode(CHINESE + " and English")) == CHINESE + " and English"
   # byte fallback alone needs 256 pieces
-  with pytest.raises(ValueError, match="could not train a 100-piece"):
+  with pytest.raises(ValueError, match="a 100-piece vocabulary leaves no room for text"):
     tk.train_sentencepiece(_corpus(), str(tmp_path / "small"), vocab_size=100)
   with pytest.raises(ValueError, match="no text to train"):
     tk.train_sentencepiece(["", "  \n "], str(tmp_path / "empty"), vocab_size=400)

@@ -3,8 +3,10 @@
 Every reader yields records under the project's field names, whatever the file calls them:
 
   kind            fields                       files
-  text            text                         .txt (a file is one document, its lines are kept)
-                                               or .jsonl with a "text" field (a line is a document)
+  text            text                         .txt (blank lines separate documents, as in BERT's
+                                               create_pretraining_data.py; a document keeps its
+                                               lines) or .jsonl with a "text" field (a line is
+                                               a document)
   classification  text, text_b, label          .tsv, header text[<TAB>text_b]<TAB>label, or .jsonl
   tagging         tokens, tags                 CoNLL: token<TAB>...<TAB>tag, blank line after each
                                                sentence
@@ -13,7 +15,9 @@ Every reader yields records under the project's field names, whatever the file c
 Labels and tags stay strings here; ids are assigned from the training set downstream.
 Malformed data ends in a one-line ValueError that names the file, the line and the fix. Bytes
 that are not UTF-8 are replaced by U+FFFD with one warning per file instead: real corpora carry
-a few, and stopping a run over one odd byte would be worse than a replacement character.
+a few, and stopping a run over one odd byte would be worse than a replacement character. A
+file that is not text at all (NUL bytes, or mostly bytes that are not UTF-8: an executable or
+a UTF-16 file renamed .txt) is refused in one line instead.
 """
 
 from __future__ import annotations
@@ -98,8 +102,33 @@ def resolve_files(spec: str, kind: str, what: str = "data.train_path") -> list[s
   return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
+# How much of a file is sniffed, and the share of undecodable characters that means "not text"
+# (a few odd bytes are replaced with a warning; a GBK or binary file is mostly undecodable).
+_SNIFF_BYTES = 1 << 16
+_MAX_BAD_SHARE = 0.3
+
+
+def check_text_file(path: str) -> None:
+  """Raises a one-line ValueError if ``path`` does not look like UTF-8 text (first 64 KiB)."""
+  with open(path, "rb") as f:
+    head = f.read(_SNIFF_BYTES)
+  if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    raise ValueError(f"{path} is UTF-16 text, not UTF-8; convert it (iconv -f UTF-16 -t UTF-8) "
+                     "or remove it from the data path")
+  if b"\x00" in head:
+    raise ValueError(f"{path} is not text (it holds NUL bytes: a binary file, or UTF-16); "
+                     "data files must be UTF-8 text: convert it or remove it from the data path")
+  decoded = head.decode("utf-8", errors="replace")
+  bad = decoded.count("\ufffd") - head.decode("utf-8", errors="ignore").count("\ufffd")
+  if decoded and bad > _MAX_BAD_SHARE * len(decoded):
+    raise ValueError(f"{path} is not UTF-8 text ({100 * bad // len(decoded)}% of its first "
+                     f"{len(head)} bytes are not UTF-8); convert it to UTF-8 or remove it from "
+                     "the data path")
+
+
 def _lines(path: str) -> Iterator[tuple[int, str]]:
   """(1-based number, text without the line break) of each line of a UTF-8 file."""
+  check_text_file(path)
   with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
       if number == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -116,16 +145,18 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def read_text_file(path: str) -> Iterator[dict]:
-  """The document in a .txt file with its lines kept (split at line ends past MAX_RECORD_CHARS)."""
+  """The documents of a .txt file: blank lines separate them (BERT's pretraining-data format),
+  a document keeps its lines, and one past MAX_RECORD_CHARS is split at line ends."""
   lines, size = [], 0
   for _, line in _lines(path):
-    if lines and size + len(line) > MAX_RECORD_CHARS:
-      if any(l.strip() for l in lines):
+    if not line.strip() or (lines and size + len(line) > MAX_RECORD_CHARS):
+      if lines:
         yield {"text": "\n".join(lines)}
       lines, size = [], 0
-    lines.append(line)
-    size += len(line) + 1
-  if any(l.strip() for l in lines):
+    if line.strip():
+      lines.append(line)
+      size += len(line) + 1
+  if lines:
     yield {"text": "\n".join(lines)}
 
 

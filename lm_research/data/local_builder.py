@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from lm_research.data import formats
 
 # Bump when parsing changes, so that data prepared by older code is not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: blank lines separate .txt documents
 # With no eval path, every HOLDOUT_EVERY-th unit (document or example) becomes the eval split.
 HOLDOUT_EVERY = 20
 

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from lm_research.data import formats
 from lm_research.data import local_builder
+from lm_research.data import units
 
 # Catalog datasets we know: name (or base name before '/') → (kind, {our field: their feature},
 # eval split). Others work when data.kind and data.fields are given.
@@ -264,8 +265,8 @@ def iter_texts(source: Source, limit: int | None = None) -> Iterator[str]:
   n = len(source) if limit is None else min(limit, len(source))
   for i in range(n):
     record = source[i]
-    if source.kind == "tagging":
-      yield " ".join(record["tokens"])
+    if source.kind == "tagging":  # as running text: no spaces invented between Chinese characters
+      yield units.join_units(record["tokens"])
     else:
       for field in formats.FIELDS[source.kind]:
         if field != "label" and record[field]:

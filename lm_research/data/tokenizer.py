@@ -6,8 +6,13 @@
   decoder          eos (pad falls back to eos, as in GPT-2)   (<pad> <|endoftext|> <unk>)
   encoder_decoder  pad, eos, 100 sentinels            (<pad> </s> <unk> <extra_id_0..99>)
 
-SentencePiece models are trained here with byte fallback and no normalisation, so any text
-round-trips: ``decode(encode(text)) == text``. Hugging Face ``tokenizer.json`` and BERT
+SentencePiece models are trained here with byte fallback and no normalisation, and always
+hold the space piece '▁' (and, when the vocabulary has room, every printable ASCII
+character), so any text round-trips: ``decode(encode(text)) == text``, also spaces and Latin
+text in a tokenizer trained on Chinese (only '▁' itself, U+2581, comes back as a space). The
+character coverage is lowered where needed so that the characters fit the vocabulary (a
+Chinese corpus has thousands; ``char_coverage.py``); rarer characters fall back to UTF-8
+byte pieces. The choice is logged in one line. Hugging Face ``tokenizer.json`` and BERT
 ``vocab.txt`` files load behind the same interface when a model comes from Hugging Face.
 
 Train one from the command line:
@@ -18,10 +23,10 @@ Train one from the command line:
 from __future__ import annotations
 
 import abc
-
 import io
 import json
 import os
+import random
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -31,6 +36,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 import tokenizers
 
+from lm_research.data import char_coverage
 from lm_research.data import formats
 
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
@@ -56,6 +62,7 @@ _TRAIN_SPECIALS = {
                                                   for i in range(NUM_SENTINELS)]),
 }
 _MAX_LINE_CHARS = 4096  # longer lines are cut: SentencePiece silently skips over-long sentences
+_BYTE_PIECES = 256
 
 
 def _check_family(family: str) -> str:
@@ -330,6 +337,14 @@ def _sentences(texts: Iterable[str], limit: int) -> Iterator[str]:
             return
 
 
+def _fixed_pieces(family: str) -> int:
+  """Pieces a trained model holds whatever the text: specials, sentinels and the 256 bytes."""
+  spec = _TRAIN_SPECIALS[family]
+  return (_BYTE_PIECES + len(spec.get("control_symbols", ()))
+          + len(spec.get("user_defined_symbols", ()))
+          + sum(spec.get(f"{role}_id", -1) >= 0 for role in ("pad", "unk", "eos", "bos")))
+
+
 def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_size: int,
                         model_type: str = "unigram", character_coverage: float = 0.9995,
                         family: str = "decoder", input_sentence_size: int = 1_000_000,
@@ -337,8 +352,9 @@ def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_siz
   """Trains a byte-fallback SentencePiece model on texts (or a file/folder/glob) → PREFIX.model.
 
   At most 2 × input_sentence_size lines are read and input_sentence_size of them sampled, so
-  training takes seconds to minutes whatever the corpus size. The vocabulary may come out
-  smaller than ``vocab_size`` when the text is too small to fill it.
+  training takes seconds to minutes whatever the corpus size. The character coverage is
+  lowered where the characters would not fit (``char_coverage.fit``; logged). The vocabulary
+  may come out smaller than ``vocab_size`` when the text is too small to fill it.
   """
   _check_family(family)
   if model_type not in ("unigram", "bpe"):
@@ -349,11 +365,17 @@ def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_siz
   sentences = list(_sentences(texts, 2 * input_sentence_size))
   if not sentences:
     raise ValueError("there is no text to train a tokenizer on; check the training data")
+  if len(sentences) > input_sentence_size:  # sampled here, so the coverage fit counts them
+    sentences = random.Random(0).sample(sentences, input_sentence_size)
+  coverage, required, account = char_coverage.fit(sentences, vocab_size, character_coverage,
+                                                 _fixed_pieces(family), family)
+  logging.info("tokenizer: %s", account)
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage, byte_fallback=True,
+        model_type=model_type, character_coverage=coverage, required_chars=required,
+        byte_fallback=True,
         # identity normalisation and kept whitespace make decode(encode(text)) == text
         normalization_rule_name="identity", add_dummy_prefix=False,
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
@@ -363,7 +385,9 @@ def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_siz
   except RuntimeError as e:
     reason = str(e).strip().splitlines()[-1]
     raise ValueError(f"SentencePiece could not train a {vocab_size}-piece {model_type} model "
-                     f"({reason}); change vocab_size or the data") from None
+                     f"({reason}); change model.vocab_size, data.character_coverage or "
+                     "data.tokenizer_type (--vocab_size, --character_coverage, --model_type), "
+                     "or the data") from None
   path = f"{model_prefix}.model"
   _atomic_write(path, model.getvalue())
   return SentencePieceTokenizer(model.getvalue(), family, path)

@@ -11,7 +11,13 @@ instead of as a preprocessing job, so masks and sentence pairs are drawn anew ea
   Hugging Face's ``next_sentence_label``;
 * the pair is truncated one token at a time from the front or back of the longer segment;
 * 15% of the non-special tokens (capped at ``max_predictions_per_seq``) are selected: 80% become
-  ``[MASK]``, 10% a random non-special token, 10% stay; optionally whole words are selected.
+  ``[MASK]``, 10% a random non-special token, 10% stay; optionally whole words are selected:
+  ``whole_word_mask='pieces'`` (or True) takes words from the tokenizer's word starts ('▁'
+  pieces; each Chinese character), ``'words'`` from a segmenter (BERT-wwm for Chinese: jieba
+  when installed, else the tokenizer's words; ``data/word_segmenter.py``).
+
+A corpus of one document has no other document to draw "not next" segments from: NSP then
+pairs the document with itself and cannot learn, and the builder warns once.
 
 Two deliberate differences from the reference script: the 15% counts non-special tokens (the
 script counts [CLS]/[SEP] too, one token more at most), and random replacements never draw a
@@ -27,9 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from absl import logging
+
+from lm_research.data import word_segmenter
 from lm_research.objectives.losses import cross_entropy_sums
 
 TokenLines = Sequence[Sequence[int]]
+WHOLE_WORD_MASKS = ("", "pieces", "words")  # off; the tokenizer's words; a segmenter's words
 
 
 def default_max_predictions(seq_len: int, masked_lm_prob: float = 0.15) -> int:
@@ -166,14 +176,35 @@ def mask_tokens(
   return masked, positions
 
 
+class _FlaggedLines(Sequence):
+  """A document's lines with each token's word-start flag in its lowest bit (id * 2 + flag),
+  so that pairing and truncation carry the flags along unchanged; computed on access."""
+
+  def __init__(self, lines: TokenLines, flags):
+    self._lines, self._flags, self._done = lines, flags, {}
+
+  def __len__(self) -> int:
+    return len(self._lines)
+
+  def __getitem__(self, j: int) -> list[int]:
+    if j not in self._done:
+      ids = np.asarray(self._lines[j], np.int64)
+      self._done[j] = (ids * 2 + self._flags(ids)).tolist()
+    return self._done[j]
+
+
 class MlmNspBuilder:
   """Turns one document into fixed-length MLM + NSP examples (dicts of numpy arrays)."""
 
   def __init__(self, tokenizer, *, max_seq_len: int, short_seq_prob: float = 0.1,
                masked_lm_prob: float = 0.15, max_predictions_per_seq: int | None = None,
-               whole_word_mask: bool = False):
+               whole_word_mask: bool | str = False):
     if max_seq_len < 5:
       raise ValueError(f"mlm_nsp needs seq_len >= 5 ([CLS] A [SEP] B [SEP]); got {max_seq_len}.")
+    mode = {False: "", True: "pieces"}.get(whole_word_mask, whole_word_mask)
+    if mode not in WHOLE_WORD_MASKS:
+      raise ValueError(f"data.whole_word_mask={whole_word_mask!r}: use '' (off), 'pieces' (the "
+                       "tokenizer's words) or 'words' (a segmenter's: jieba for Chinese)")
     self.max_seq_len = max_seq_len
     self.short_seq_prob = short_seq_prob
     self.masked_lm_prob = masked_lm_prob
@@ -185,11 +216,21 @@ class MlmNspBuilder:
     self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials).astype(np.int32)
     # A lookup table once, so whole-word grouping is one indexing op per example.
     self.word_start_table = None
-    if whole_word_mask:
+    if mode:
       table = getattr(tokenizer, "word_starts", None)
       self.word_start_table = np.asarray(
           table if table is not None
           else [tokenizer.is_word_start(i) for i in range(tokenizer.vocab_size)], bool)
+    # By a segmenter's words only when one is installed (else the tokenizer's, logged).
+    self.tokenizer = tokenizer
+    self.by_words = mode == "words" and word_segmenter.load_segmenter() is not None
+    self.char_lengths = word_segmenter.char_lengths(tokenizer) if self.by_words else None
+    self._warned_one_document = False
+
+  def _flags(self, ids: np.ndarray) -> np.ndarray:
+    """Word starts of one line's ids by the segmenter."""
+    return word_segmenter.word_starts(ids, self.tokenizer, word_segmenter.load_segmenter(),
+                                      self.char_lengths, self.word_start_table)
 
   def example(self, tokens_a: Sequence[int], tokens_b: Sequence[int], nsp_label: int,
               rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -200,8 +241,12 @@ class MlmNspBuilder:
     types = np.zeros((self.max_seq_len,), np.int32)
     types[n_a + 2:length] = 1
     candidates = np.concatenate([np.arange(1, n_a + 1), np.arange(n_a + 2, n_a + 2 + n_b)])
-    word_start = (None if self.word_start_table is None
-                  else self.word_start_table[ids[candidates]])
+    if self.by_words:  # the segmenter's flags ride in the lowest bit
+      word_start = ids[candidates] % 2 == 1
+      ids[candidates] //= 2
+    else:
+      word_start = (None if self.word_start_table is None
+                    else self.word_start_table[ids[candidates]])
     masked, positions = mask_tokens(
         ids, candidates, rng, masked_lm_prob=self.masked_lm_prob,
         max_predictions=self.max_predictions, mask_id=self.mask_id,
@@ -228,6 +273,15 @@ class MlmNspBuilder:
     """All examples of one document (empty lines already removed), masks included."""
     if not len(document):
       return []
+    if num_docs < 2 and not self._warned_one_document:
+      self._warned_one_document = True
+      logging.warning("NSP has one document to draw 'not next' segments from, so it cannot "
+                      "learn: separate documents by blank lines in .txt files (or use several "
+                      "files, or .jsonl with one document per line)")
+    if self.by_words:
+      document = _FlaggedLines(document, self._flags)
+      unflagged = other_document
+      other_document = lambda j: _FlaggedLines(unflagged(j), self._flags)  # noqa: E731
     pairs = create_segment_pairs(
         document, doc_index, num_docs, other_document, max_num_tokens=self.max_seq_len - 3,
         short_seq_prob=self.short_seq_prob, rng=rng)

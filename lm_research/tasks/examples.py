@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lm_research.data import units
+
 # What a single classification text longer than a row keeps (ClassificationExamples).
 TRUNCATIONS = ("head", "head_tail", "windows")
 
@@ -111,11 +113,14 @@ def document_probs(probs: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np
 def word_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:
   """Each word's token ids as in running text (a word the tokenizer drops becomes [UNK]).
 
-  Words after the first are encoded with the space before them: SentencePiece models trained
-  here (no dummy prefix) and GPT-2's byte BPE mark a word start with the space, so a bare
-  'county' would get other pieces than the '▁county' pretraining saw.
+  A word is encoded with the space running text puts before it (``units.needs_space``):
+  SentencePiece models trained here (no dummy prefix) and GPT-2's byte BPE mark a word start
+  with the space, so a bare 'county' would get other pieces than the '▁county' pretraining
+  saw. Characters of Chinese, Japanese or Thai get no invented space: in a tokenizer trained
+  on such text a space is a piece of its own (or bytes), and the unit's tag would sit on it.
   """
-  encoded = tokenizer.encode_batch([w if i == 0 else " " + w for i, w in enumerate(words)])
+  encoded = tokenizer.encode_batch([" " + w if i and units.needs_space(words[i - 1], w) else w
+                                    for i, w in enumerate(words)])
   unk = tokenizer.unk_id if tokenizer.unk_id is not None else tokenizer.pad_id
   return [ids if ids else [unk] for ids in encoded]
 

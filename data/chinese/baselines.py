@@ -1,0 +1,62 @@
+"""The baselines of data/chinese/README.md: character-bigram naive Bayes for the sentiment
+split, and the most frequent training tag of each character for the NER split.
+
+  python data/chinese/baselines.py
+"""
+
+import collections
+import math
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
+
+from lm_research.data import formats  # noqa: E402
+from lm_research.task_metrics import tagging  # noqa: E402
+
+
+def bigrams(text):
+  """Character bigrams of the text with start and end marks."""
+  text = f"^{text}$"
+  return [text[i:i + 2] for i in range(len(text) - 1)]
+
+
+def naive_bayes(train, test):
+  """Accuracy of a multinomial naive Bayes with add-one smoothing over character bigrams."""
+  counts, prior = collections.defaultdict(collections.Counter), collections.Counter()
+  for r in train:
+    prior[r["label"]] += 1
+    counts[r["label"]].update(bigrams(r["text"]))
+  vocab = len(set().union(*counts.values()))
+  totals = {label: sum(c.values()) + vocab for label, c in counts.items()}
+
+  def score(text, label):
+    return math.log(prior[label]) + sum(math.log((counts[label][g] + 1) / totals[label])
+                                        for g in bigrams(text))
+  return sum(max(prior, key=lambda l: score(r["text"], l)) == r["label"] for r in test) / len(test)
+
+
+def main():
+  sentiment = os.path.join(HERE, "sentiment")
+  train = list(formats.iter_records("classification", [os.path.join(sentiment, "train.tsv")]))
+  test = list(formats.iter_records("classification", [os.path.join(sentiment, "test.tsv")]))
+  majority = max(collections.Counter(r["label"] for r in test).values()) / len(test)
+  print(f"sentiment: bigram naive Bayes {100 * naive_bayes(train, test):.2f}%, majority class "
+        f"{100 * majority:.2f}% ({len(test)} test reviews)")
+  ner = os.path.join(HERE, "ner")
+  train = list(formats.iter_records("tagging", [os.path.join(ner, "train.conll")]))
+  test = list(formats.iter_records("tagging", [os.path.join(ner, "test.conll")]))
+  tags = collections.defaultdict(collections.Counter)
+  for s in train:
+    for ch, tag in zip(s["tokens"], s["tags"]):
+      tags[ch][tag] += 1
+  pred = [[tags[ch].most_common(1)[0][0] if ch in tags else "O" for ch in s["tokens"]]
+          for s in test]
+  scores = tagging.entity_scores([s["tags"] for s in test], pred)
+  print(f"NER: most frequent tag per character, entity F1 {scores['f1']:.3f} (precision "
+        f"{scores['precision']:.3f}, recall {scores['recall']:.3f}; {len(test)} test sentences)")
+
+
+if __name__ == "__main__":
+  main()

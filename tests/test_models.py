@@ -372,8 +372,12 @@ def test_sequence_longer_than_max_len_raises():
     (dict(family="decoder", position="relative"), r"position='relative'"),
     (dict(norm="batchnorm"), r"model\.norm='batchnorm'"),
     (dict(dropout_rate=1.0), r"dropout_rate must be in \[0, 1\)"),
-    (dict(attention_impl="flash"), r"model\.attention_impl='flash' is not one of"),
-    (dict(attention_impl="cudnn"), r"attention_impl='cudnn' needs model\.dtype=bfloat16"),
+    (dict(attention_impl="mosaic"), r"model\.attention_impl='mosaic' is not one of"),
+    (dict(attention_impl="cudnn", dtype="float32"),
+     r"attention_impl='cudnn' needs model\.dtype=bfloat16"),
+    (dict(dropout_impl="philox"), r"model\.dropout_impl='philox' is not one of"),
+    (dict(matmul_precision="tf32"), r"model\.matmul_precision='tf32' is not one of"),
+    (dict(dtype="bf16"), r"model\.dtype='bf16' is not one of auto, float32"),
 ])
 def test_bad_model_config_raises(changes, message):
   """Impossible ModelConfig values fail at construction with a sentence naming the field."""

@@ -1,7 +1,6 @@
 """Attention: masks, rotary and relative positions, and the multi-head attention module.
 
-All attention goes through ``dot_product_attention`` so another kernel (Pallas, splash) can
-slot in behind the same call.
+All attention goes through ``dot_product_attention``, which picks the kernel.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lm_research import sharding
+from lm_research.models import attention_kernels, pallas_attention
+from lm_research.models.attention_kernels import Segments
 from lm_research.models.config import ModelConfig
 from lm_research.models.layers import dense, normal_init
 from lm_research.models.softmax_attention import softmax_attention
@@ -24,17 +25,32 @@ ATTENTION_OUT = "attention_out"
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None,
                           scale: float | None = None, implementation: str = "xla",
-                          causal: bool = False) -> jax.Array:
+                          causal: bool = False, segments: Segments | None = None) -> jax.Array:
   """softmax(q k^T * scale + bias, masked) v.
 
-  ``implementation``: 'xla' everywhere (``softmax_attention``: XLA ops with a hand-written
-  backward), or 'cudnn' (flash attention on NVIDIA GPUs via jax.nn.dot_product_attention).
+  ``implementation``: 'xla' (``softmax_attention``: XLA ops with a hand-written backward, any
+  device), 'cudnn' (cuDNN flash attention), 'splash' (Pallas splash attention; flash attention
+  where there is a bias) or 'flash' (Pallas flash attention). The kernels read ``segments``
+  (what ``mask_B1TS`` was built from) instead of the mask; a call a kernel cannot express
+  (no segments, e.g. decoding against a cache) runs ``softmax_attention``, with a log note.
   ``causal``: the mask is a causal self-attention one, so work above the diagonal may be skipped.
   """
   if implementation == "cudnn":
-    return jax.nn.dot_product_attention(
-        q_BTNH, k_BSKH, v_BSKH, bias=bias_BNTS, mask=mask_B1TS, scale=scale,
-        implementation=implementation)
+    reason = attention_kernels.cudnn_unsupported(q_BTNH, bias_BNTS, segments)
+    if not reason:
+      return attention_kernels.cudnn_attention(q_BTNH, k_BSKH, v_BSKH, bias_BNTS=bias_BNTS,
+                                               scale=scale, segments=segments)
+    attention_kernels.note_fallback("cuDNN flash attention", reason)
+  elif implementation in ("splash", "flash"):
+    reason = ("a dense mask (decoding against a KV cache)" if segments is None
+              else pallas_attention.unsupported(q_BTNH, k_BSKH))
+    if not reason and bias_BNTS is None and implementation == "splash":
+      return pallas_attention.splash_attention(q_BTNH, k_BSKH, v_BSKH, scale=scale,
+                                               segments=segments)
+    if not reason:
+      return pallas_attention.flash_attention(q_BTNH, k_BSKH, v_BSKH, bias_BNTS=bias_BNTS,
+                                              scale=scale, segments=segments)
+    attention_kernels.note_fallback(f"Pallas {implementation} attention", reason)
   if scale is None:
     scale = 1.0 / math.sqrt(q_BTNH.shape[-1])
   return softmax_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
@@ -141,10 +157,11 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
                bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
-               k_positions_BS: jax.Array | None = None, causal: bool = False) -> jax.Array:
+               k_positions_BS: jax.Array | None = None, causal: bool = False,
+               segments: Segments | None = None) -> jax.Array:
     k_BSKH, v_BSKH = self.keys_values(kv_BSD, k_positions_BS)
     return self.attend(x_BTD, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                       q_positions_BT=q_positions_BT, causal=causal)
+                       q_positions_BT=q_positions_BT, causal=causal, segments=segments)
 
   def keys_values(self, kv_BSD: jax.Array,
                   k_positions_BS: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -158,9 +175,10 @@ class Attention(nnx.Module):
 
   def attend(self, x_BTD: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *,
              mask_B1TS: jax.Array, bias_BNTS: jax.Array | None = None,
-             q_positions_BT: jax.Array | None = None, causal: bool = False) -> jax.Array:
+             q_positions_BT: jax.Array | None = None, causal: bool = False,
+             segments: Segments | None = None) -> jax.Array:
     """Queries from ``x_BTD`` over given keys and values (fresh or a KV cache), projected out;
-    ``causal``: ``mask_B1TS`` is causal self-attention's (dot_product_attention)."""
+    ``causal`` and ``segments``: see ``dot_product_attention``."""
     b, t, _ = x_BTD.shape
     q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))
@@ -170,6 +188,7 @@ class Attention(nnx.Module):
       bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,
                                    bias_BNTS=bias_BNTS, scale=self.scale,
-                                   implementation=self.implementation, causal=causal)
+                                   implementation=self.implementation, causal=causal,
+                                   segments=segments)
     o_BTNH = checkpoint_name(o_BTNH, ATTENTION_OUT)
     return self.out(o_BTNH.reshape(b, t, self.num_heads * self.head_dim))

@@ -12,18 +12,19 @@ from flax import nnx, struct
 
 from lm_research import sharding
 from lm_research.models.attention import ATTENTION_OUT, Attention
+from lm_research.models.attention_kernels import KERNEL_RESIDUALS, Segments
 from lm_research.models.config import ModelConfig
 from lm_research.models.layers import DROPOUT_MASK, Mlp, Norm, dropout
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
-    # The matmuls with weights, and the attention output: saving it (T x D, small) spares the
-    # backward pass a second run of the attention forward (two T x S matmuls and a softmax).
-    # And the dropout masks (one byte per element), so the backward pass does not hash them
-    # again: GPT-2 small at 4 x 512, +33 MiB planned memory, 0.2-0.4 s less per ~11.3 s step.
+    # The matmuls with weights; the attention output (and a fused kernel's residuals: output
+    # and log-sum-exp), which spares the backward pass a second attention forward; and the
+    # dropout masks (a byte per element), which spares it hashing them again.
     "save_dots": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, DROPOUT_MASK)),
+        jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, DROPOUT_MASK,
+                                                      KERNEL_RESIDUALS)),
 }
 
 
@@ -40,6 +41,9 @@ class BlockContext:
   cache_index: jax.Array | None = None  # decoding: the KV-cache slot of the first new token
   # self_mask_B1TS is causal self-attention's, so the attention may skip the upper triangle
   self_causal: bool = struct.field(pytree_node=False, default=False)
+  # What the masks were built from, for fused kernels (None: only the dense masks hold)
+  self_segments: Segments | None = None
+  cross_segments: Segments | None = None
 
 
 @struct.dataclass
@@ -61,6 +65,7 @@ class Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, cross: bool, rngs: nnx.Rngs):
     self.pre_norm = cfg.pre_norm
     self.rate = cfg.dropout_rate
+    self.dropout_impl = cfg.dropout_impl
     self.attn_norm = Norm(cfg, rngs=rngs)
     self.attn = Attention(cfg, rngs=rngs)
     if cross:
@@ -73,8 +78,8 @@ class Block(nnx.Module):
   def _residual(self, x, norm, fn, rng):
     """Pre-norm: x + drop(fn(norm(x))). Post-norm (BERT): norm(x + drop(fn(x)))."""
     if self.pre_norm:
-      return x + dropout(fn(norm(x)), self.rate, rng)
-    return norm(x + dropout(fn(x), self.rate, rng))
+      return x + dropout(fn(norm(x)), self.rate, rng, self.dropout_impl)
+    return norm(x + dropout(fn(x), self.rate, rng, self.dropout_impl))
 
   def __call__(self, x_BTD: jax.Array, ctx: BlockContext, rng: jax.Array | None) -> jax.Array:
     rngs = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
@@ -82,12 +87,13 @@ class Block(nnx.Module):
         x_BTD, self.attn_norm,
         lambda h: self.attn(h, h, mask_B1TS=ctx.self_mask_B1TS, bias_BNTS=ctx.self_bias_BNTS,
                             q_positions_BT=ctx.positions_BT, k_positions_BS=ctx.positions_BT,
-                            causal=ctx.self_causal),
+                            causal=ctx.self_causal, segments=ctx.self_segments),
         rngs[0])
     if self.has_cross:
       x_BTD = self._residual(
           x_BTD, self.cross_norm,
-          lambda h: self.cross_attn(h, ctx.memory_BSD, mask_B1TS=ctx.cross_mask_B1TS),
+          lambda h: self.cross_attn(h, ctx.memory_BSD, mask_B1TS=ctx.cross_mask_B1TS,
+                                    segments=ctx.cross_segments),
           rngs[1])
     x_BTD = self._residual(x_BTD, self.mlp_norm, lambda h: self.mlp(h, rngs[2]), rngs[3])
     return sharding.constrain(x_BTD, ("batch", "length", "embed"))

@@ -18,7 +18,11 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "relative")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("xla", "cudnn")
+# 'auto' settles per backend in ModelConfig.resolved (the README's table says what each gets).
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "flash")
+DROPOUT_IMPLS = ("auto", "hash", "jax", "rbg", "unsafe_rbg")
+MATMUL_PRECISIONS = ("default", "high", "highest")
+BACKENDS = ("cpu", "gpu", "tpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +60,22 @@ class ModelConfig:
   pooling: str = "cls"
   dropout_rate: float = 0.0
   initializer_range: float = 0.02
-  dtype: str = "float32"  # compute dtype
+  # Compute dtype; 'auto' = bfloat16 on GPU/TPU, float32 on CPU. Parameters (param_dtype),
+  # norms, softmax statistics, logits and losses stay float32 either way.
+  dtype: str = "auto"
   param_dtype: str = "float32"  # storage dtype of parameters (keep f32 master weights)
   remat: str = "none"  # rematerialise each block: 'none' | 'full' | 'save_dots'
-  # 'xla' (any device: models/softmax_attention.py, XLA ops with a hand-written backward) or
-  # 'cudnn' (jax.nn.dot_product_attention's flash attention on NVIDIA GPUs, bf16/fp16 only)
-  attention_impl: str = "xla"
+  # 'xla' (any device: models/softmax_attention.py), 'cudnn' (cuDNN flash attention through
+  # jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16), 'splash' / 'flash' (Pallas TPU
+  # kernels; interpreted elsewhere, slowly); 'auto' = xla on CPU, cudnn on GPU, splash on TPU
+  attention_impl: str = "auto"
+  # Dropout bits: 'hash' (models/dropout_mask.py, fused elementwise Threefry), 'jax'
+  # (jax.random's partitionable Threefry), 'rbg' / 'unsafe_rbg' (jax.random with the TPU's
+  # hardware generator); 'auto' = hash on CPU, jax on GPU/TPU
+  dropout_impl: str = "auto"
+  # Precision of float32 matmuls: 'default' keeps the backend's (TF32 / bf16 passes on
+  # GPU/TPU), 'high' or 'highest' asks for more; bfloat16 matmuls are unaffected
+  matmul_precision: str = "default"
   scan_layers: bool = False  # one jax.lax.scan over stacked layers instead of a Python loop
 
   def __post_init__(self):
@@ -72,11 +86,13 @@ class ModelConfig:
     _check_choice("position", self.position, POSITIONS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
     _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    _check_choice("dropout_impl", self.dropout_impl, DROPOUT_IMPLS)
+    _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
     if self.attention_impl == "cudnn" and self.dtype == "float32":
       raise ValueError("model.attention_impl='cudnn' needs model.dtype=bfloat16 or float16; "
                        "set one, or use attention_impl='xla'.")
     _check_choice("pooling", self.pooling, ("cls", "mean"))
-    _check_choice("dtype", self.dtype, DTYPES)
+    _check_choice("dtype", self.dtype, ("auto",) + DTYPES)
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
       if getattr(self, name) <= 0:
@@ -113,6 +129,27 @@ class ModelConfig:
   def decoder_layers(self) -> int:
     return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
 
+  def resolved(self, backend: str | None = None) -> "ModelConfig":
+    """A copy with every 'auto' settled for ``backend`` (default: jax.default_backend()).
+
+    The one place that chooses per backend; the models are built from its result.
+    """
+    backend = backend_kind(backend)
+    accelerator = backend != "cpu"
+    dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if accelerator else "float32")
+    attention = self.attention_impl
+    if attention == "auto":
+      attention = {"cpu": "xla", "tpu": "splash"}.get(backend, "cudnn")
+      if attention == "cudnn" and dtype == "float32":  # cuDNN's flash attention is 16-bit only
+        attention = "xla"
+    if attention == "cudnn" and backend != "gpu":
+      raise ValueError(f"model.attention_impl='cudnn' needs an NVIDIA GPU, but JAX runs on "
+                       f"{backend}; use attention_impl='auto'.")
+    dropout = self.dropout_impl
+    if dropout == "auto":
+      dropout = "jax" if accelerator else "hash"
+    return self.replace(dtype=dtype, attention_impl=attention, dropout_impl=dropout)
+
   def replace(self, **changes: Any) -> "ModelConfig":
     """Returns a copy with some fields changed (validated again)."""
     return dataclasses.replace(self, **changes)
@@ -132,6 +169,16 @@ class ModelConfig:
   def to_dict(self) -> dict[str, Any]:
     """Plain dict of every field, for JSON files and checkpoints."""
     return dataclasses.asdict(self)
+
+
+def backend_kind(backend: str | None = None) -> str:
+  """'gpu', 'tpu', or 'cpu' (any other backend: the portable choices) for a JAX backend name
+  (default: the one JAX runs on)."""
+  if backend is None:
+    import jax  # noqa: PLC0415  (configs import this module without needing a backend)
+    backend = jax.default_backend()
+  backend = {"cuda": "gpu"}.get(backend, backend)
+  return backend if backend in BACKENDS else "cpu"
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -31,10 +31,11 @@ class Classifier(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, d_out: int, *, rngs: nnx.Rngs, use_bias: bool = True):
     self.rate = cfg.dropout_rate
+    self.dropout_impl = cfg.dropout_impl
     self.dense = dense(cfg, cfg.d_model, d_out, ("embed", None), rngs=rngs, use_bias=use_bias)
 
   def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
-    return self.dense(dropout(x, self.rate, rng))
+    return self.dense(dropout(x, self.rate, rng, self.dropout_impl))
 
 
 class Pooler(nnx.Module):

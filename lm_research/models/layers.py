@@ -83,11 +83,12 @@ def activation_fn(name: str):
 DROPOUT_MASK = "dropout_mask"
 
 
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-  """Inverted dropout; identity when ``rng`` is None (evaluation) or rate is 0."""
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None, impl: str = "hash") -> jax.Array:
+  """Inverted dropout; identity when ``rng`` is None (evaluation) or rate is 0. ``impl``: how
+  the mask's bits are made (models/dropout_mask.py)."""
   if rng is None or rate == 0.0:
     return x
-  keep = checkpoint_name(dropout_mask.keep_mask(rng, rate, x.shape), DROPOUT_MASK)
+  keep = checkpoint_name(dropout_mask.keep_mask(rng, rate, x.shape, impl), DROPOUT_MASK)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
@@ -103,6 +104,7 @@ class Mlp(nnx.Module):
     self.wo = dense(cfg, cfg.d_ff, cfg.d_model, ("mlp", "embed"), rngs=rngs)
     # HF's T5 drops out inside the MLP; BERT and GPT-2 only after it (done by the block).
     self.rate = cfg.dropout_rate if cfg.family == "encoder_decoder" else 0.0
+    self.dropout_impl = cfg.dropout_impl
 
   def __call__(self, x_BTD: jax.Array, rng: jax.Array | None) -> jax.Array:
     act = activation_fn(self.activation)
@@ -110,5 +112,5 @@ class Mlp(nnx.Module):
       h_BTF = act(self.gate(x_BTD)) * self.wi(x_BTD)
     else:
       h_BTF = act(self.wi(x_BTD))
-    h_BTF = dropout(h_BTF, self.rate, rng)
+    h_BTF = dropout(h_BTF, self.rate, rng, self.dropout_impl)
     return self.wo(h_BTF)

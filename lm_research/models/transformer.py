@@ -6,6 +6,8 @@ active only when a ``dropout_rng`` is given, so evaluation is deterministic by d
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -13,6 +15,7 @@ from flax import nnx, struct
 from lm_research import sharding
 from lm_research.models.attention import (RelativePositionBias, attention_mask,
                                           positions_from_segments, segments_from_inputs)
+from lm_research.models.attention_kernels import Segments
 from lm_research.models.blocks import BlockContext, KVCache, LayerStack
 from lm_research.models.config import ModelConfig
 from lm_research.models.heads import Classifier, MlmHead, Pooler, last_token, mean_of_tokens
@@ -54,6 +57,17 @@ class DecodeCache:
                             else take(self.memory_segments_BS)))
 
 
+def _with_precision(method):
+  """Runs a model method with ``cfg.matmul_precision`` as the default for its matmuls."""
+  @functools.wraps(method)
+  def wrapped(self, *args, **kwargs):
+    if self.cfg.matmul_precision == "default":
+      return method(self, *args, **kwargs)
+    with jax.default_matmul_precision(self.cfg.matmul_precision):
+      return method(self, *args, **kwargs)
+  return wrapped
+
+
 def _rng(rng: jax.Array | None, i: int) -> jax.Array | None:
   return None if rng is None else jax.random.fold_in(rng, i)
 
@@ -77,6 +91,7 @@ class Embeddings(nnx.Module):
     if self.post_norm:
       self.norm = Norm(cfg, rngs=rngs)
     self.rate = cfg.dropout_rate
+    self.dropout_impl = cfg.dropout_impl
     self.max_len = cfg.max_len
 
   def __call__(self, ids_BT, positions_BT, token_types_BT, rng) -> jax.Array:
@@ -88,7 +103,7 @@ class Embeddings(nnx.Module):
       x_BTD = x_BTD + self.token_type(types)
     if self.post_norm:
       x_BTD = self.norm(x_BTD)
-    x_BTD = dropout(x_BTD, self.rate, rng)
+    x_BTD = dropout(x_BTD, self.rate, rng, self.dropout_impl)
     return sharding.constrain(x_BTD, ("batch", "length", "embed"))
 
 
@@ -107,16 +122,23 @@ class Stack(nnx.Module):
       self.final_norm = Norm(cfg, rngs=rngs)
 
   def __call__(self, x_BTD, segments_BT, positions_BT, rng, *, memory_BSD=None,
-               memory_segments_BS=None) -> jax.Array:
+               memory_segments_BS=None, packed: bool = False,
+               memory_packed: bool = False) -> jax.Array:
+    """The layers over ``x_BTD``; ``packed`` / ``memory_packed``: explicit segment ids (several
+    documents per row) in this stack's / the encoder's input, not only padding."""
     ctx = BlockContext(
         self_mask_B1TS=attention_mask(segments_BT, segments_BT, causal=self.causal),
         self_causal=self.causal,
+        self_segments=Segments(segments_BT, segments_BT, causal=self.causal, packed=packed),
         positions_BT=positions_BT,
         self_bias_BNTS=(self.relative_bias(positions_BT, positions_BT)
                         if self.relative else None),
         memory_BSD=memory_BSD,
         cross_mask_B1TS=(None if memory_BSD is None else
-                         attention_mask(segments_BT, memory_segments_BS, causal=False)))
+                         attention_mask(segments_BT, memory_segments_BS, causal=False)),
+        cross_segments=(None if memory_BSD is None else
+                        Segments(segments_BT, memory_segments_BS,
+                                 packed=packed or memory_packed)))
     x_BTD = self.layers(x_BTD, ctx, rng)
     return self.final_norm(x_BTD) if self.pre_norm else x_BTD
 
@@ -180,7 +202,7 @@ class Encoder(nnx.Module):
   """BERT-style bidirectional encoder with pooler and MLM / NSP / classification heads."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
+    self.cfg = cfg = cfg.resolved()  # 'auto' settled for the backend JAX runs on
     self.embeddings = Embeddings(cfg, rngs=rngs)
     self.stack = Stack(cfg, cfg.num_layers, causal=False, cross=False, rngs=rngs)
     if cfg.pooler:
@@ -192,13 +214,15 @@ class Encoder(nnx.Module):
     if cfg.head in ("sequence_classification", "token_classification"):
       self.classifier = Classifier(cfg, cfg.num_labels, rngs=rngs)
 
+  @_with_precision
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None,
                positions=None, dropout_rng=None, mlm_positions=None) -> ModelOutput:
     """Encoder outputs; ``mlm_positions`` [B, P] limits the MLM logits to those positions."""
     _check_length(input_ids, self.cfg)
     ids_BT, segments_BT, positions_BT = _inputs(input_ids, attention_mask, segment_ids, positions)
     x_BTD = self.embeddings(ids_BT, positions_BT, token_type_ids, _rng(dropout_rng, 0))
-    x_BTD = self.stack(x_BTD, segments_BT, positions_BT, _rng(dropout_rng, 1))
+    x_BTD = self.stack(x_BTD, segments_BT, positions_BT, _rng(dropout_rng, 1),
+                       packed=segment_ids is not None)
     summary_BD = (x_BTD[:, 0] if self.cfg.pooling == "cls"
                   else mean_of_tokens(x_BTD, segments_BT))
     pooled_BD = self.pooler(summary_BD) if self.cfg.pooler else None
@@ -234,7 +258,7 @@ class Decoder(nnx.Module):
   """GPT-2-style causal decoder; RoPE/RMSNorm/SwiGLU/GQA options give a LLaMA-style one."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
+    self.cfg = cfg = cfg.resolved()  # 'auto' settled for the backend JAX runs on
     self.embeddings = Embeddings(cfg, rngs=rngs)
     self.stack = Stack(cfg, cfg.num_layers, causal=True, cross=False, rngs=rngs)
     if cfg.head == "lm" and not cfg.tie_embeddings:
@@ -243,12 +267,14 @@ class Decoder(nnx.Module):
     if cfg.head in ("sequence_classification", "token_classification"):
       self.classifier = Classifier(cfg, cfg.num_labels, rngs=rngs)
 
+  @_with_precision
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None,
                positions=None, dropout_rng=None) -> ModelOutput:
     _check_length(input_ids, self.cfg)
     ids_BT, segments_BT, positions_BT = _inputs(input_ids, attention_mask, segment_ids, positions)
     x_BTD = self.embeddings(ids_BT, positions_BT, token_type_ids, _rng(dropout_rng, 0))
-    x_BTD = self.stack(x_BTD, segments_BT, positions_BT, _rng(dropout_rng, 1))
+    x_BTD = self.stack(x_BTD, segments_BT, positions_BT, _rng(dropout_rng, 1),
+                       packed=segment_ids is not None)
     logits = None
     if self.cfg.head == "lm":
       logits = _lm_logits(self.cfg, x_BTD, self.embeddings, getattr(self, "lm_head", None))
@@ -265,6 +291,7 @@ class Decoder(nnx.Module):
     """An empty KV cache of ``max_length`` slots for ``decode_step``."""
     return self.stack.empty_cache(batch_size, max_length, jnp.dtype(self.cfg.dtype))
 
+  @_with_precision
   def decode_step(self, input_ids, cache: DecodeCache, *, positions,
                   attention_mask=None) -> tuple[ModelOutput, DecodeCache]:
     """New tokens (the prompt, then one per step) against ``cache``; returns (output, cache).
@@ -286,7 +313,7 @@ class EncoderDecoder(nnx.Module):
   """T5: shared embedding, bidirectional encoder, causal decoder with cross-attention."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
+    self.cfg = cfg = cfg.resolved()  # 'auto' settled for the backend JAX runs on
     self.embeddings = Embeddings(cfg, rngs=rngs)
     self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross=False, rngs=rngs)
     self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True, rngs=rngs)
@@ -294,13 +321,16 @@ class EncoderDecoder(nnx.Module):
       self.lm_head = dense(cfg, cfg.d_model, cfg.vocab_size, ("embed", "vocab"), rngs=rngs,
                            use_bias=False)
 
+  @_with_precision
   def encode(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None,
              dropout_rng=None) -> jax.Array:
     """Encoder hidden states (B, S, D)."""
     ids_BS, segments_BS, positions_BS = _inputs(input_ids, attention_mask, segment_ids, positions)
     x_BSD = self.embeddings(ids_BS, positions_BS, None, _rng(dropout_rng, 0))
-    return self.encoder(x_BSD, segments_BS, positions_BS, _rng(dropout_rng, 1))
+    return self.encoder(x_BSD, segments_BS, positions_BS, _rng(dropout_rng, 1),
+                        packed=segment_ids is not None)
 
+  @_with_precision
   def decode(self, decoder_input_ids, memory_BSD, attention_mask=None,
              decoder_attention_mask=None, *, segment_ids=None, decoder_segment_ids=None,
              decoder_positions=None, dropout_rng=None) -> ModelOutput:
@@ -310,10 +340,13 @@ class EncoderDecoder(nnx.Module):
         decoder_input_ids, decoder_attention_mask, decoder_segment_ids, decoder_positions)
     y_BTD = self.embeddings(ids_BT, positions_BT, None, _rng(dropout_rng, 2))
     y_BTD = self.decoder(y_BTD, segments_BT, positions_BT, _rng(dropout_rng, 3),
-                         memory_BSD=memory_BSD, memory_segments_BS=memory_segments_BS)
+                         memory_BSD=memory_BSD, memory_segments_BS=memory_segments_BS,
+                         packed=decoder_segment_ids is not None,
+                         memory_packed=segment_ids is not None)
     logits = _lm_logits(self.cfg, y_BTD, self.embeddings, getattr(self, "lm_head", None))
     return ModelOutput(hidden_states=y_BTD, logits=logits, encoder_hidden_states=memory_BSD)
 
+  @_with_precision
   def __call__(self, input_ids, attention_mask=None, *, decoder_input_ids,
                decoder_attention_mask=None, segment_ids=None, positions=None,
                decoder_segment_ids=None, decoder_positions=None,
@@ -331,6 +364,7 @@ class EncoderDecoder(nnx.Module):
         memory_BSD.shape[0], max_length, jnp.dtype(self.cfg.dtype), memory_BSD=memory_BSD,
         memory_segments_BS=memory_segments_BS)
 
+  @_with_precision
   def decode_step(self, decoder_input_ids, cache: DecodeCache, *,
                   positions) -> tuple[ModelOutput, DecodeCache]:
     """New decoder tokens against ``cache`` (from ``init_cache``); returns (output, cache)."""

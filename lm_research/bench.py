@@ -85,12 +85,17 @@ def run_bench(config: ml_collections.ConfigDict, *, batch_size: int, seq_len: in
   flops_per_example = exp.train_flops_per_example()
   n_devices = exp.mesh.size
   achieved = flops_per_example * batch_size / step_time / n_devices  # per device
-  peak_table = metrics.table_peak_flops(jax.devices()[0])
+  # MFU against the peak of the dtype the model computes in (bf16 on GPU/TPU by default).
+  model_cfg = exp.model_cfg.resolved()
+  peak_table = metrics.table_peak_flops(jax.devices()[0], model_cfg.dtype,
+                                        model_cfg.matmul_precision)
   matmul = max(matmul_before, metrics.measured_matmul_flops(size=matmul_size, repeats=20))
   peak_bytes, peak_source = _peak_memory(compiled)
   return {
       "config": config.model.family + ":" + config.objective,
       "batch_size": batch_size, "seq_len": seq_len, "remat": config.model.remat,
+      "dtype": model_cfg.dtype, "attention_impl": model_cfg.attention_impl,
+      "dropout_impl": model_cfg.dropout_impl, "dropout_rate": model_cfg.dropout_rate,
       "devices": n_devices, "device_kind": jax.devices()[0].device_kind,
       "compile_time_s": compile_time, "step_time_s": step_time,
       "step_times_s": times, "tokens_per_sec": tokens_per_step / step_time,
@@ -112,12 +117,14 @@ def format_table(r: dict[str, Any]) -> str:
   rows = [
       ("config", r["config"]), ("device", f"{r['devices']} x {r['device_kind']}"),
       ("batch x seq", f"{r['batch_size']} x {r['seq_len']}"), ("remat", r["remat"]),
+      ("dtype / attention / dropout",
+       f"{r['dtype']} / {r['attention_impl']} / {r['dropout_impl']} ({r['dropout_rate']})"),
       ("compile time", f"{r['compile_time_s']:.2f} s"),
       ("step time (median)", f"{r['step_time_s'] * 1e3:.1f} ms"),
       ("tokens/s", f"{r['tokens_per_sec']:,.0f}"),
       ("model FLOPs/token", f"{r['flops_per_token'] / 1e9:.3f} GFLOP"),
       ("achieved", f"{r['achieved_flops_per_device'] / 1e9:.1f} GFLOP/s per device"),
-      ("peak (spec sheet)", "unknown" if r["peak_flops_table"] is None
+      ("peak (spec sheet, dtype)", "unknown" if r["peak_flops_table"] is None
        else f"{r['peak_flops_table'] / 1e12:.0f} TFLOP/s"),
       ("measured f32 matmul", f"{r['matmul_flops_measured'] / 1e9:.1f} GFLOP/s"),
       ("MFU", f"{100 * r['mfu']:.1f}%"),

@@ -1,24 +1,35 @@
-"""Restarts a command-line run with glibc's huge-page malloc, which makes XLA CPU steps faster.
+"""Restarts a command-line CPU run with glibc's huge-page malloc, which makes XLA CPU steps
+faster.
 
-XLA's CPU runtime mallocs each step's temporary buffers (2.2 GiB for GPT-2 small at 4 x 512),
-and glibc maps chunks that large fresh from the kernel and unmaps them when freed: every step
-then touches its memory anew, 4 KiB page by page (~650,000 page faults and ~1.9 s of kernel time
-per GPT-2 step on a 2-core CPU). With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35)
-glibc asks for transparent 2 MiB pages on those chunks: ~84,000 faults and ~1.0 s of kernel
-time per GPT-2 step, and a 3-10% shorter step. glibc reads its
-tunables only when a process starts, so the command-line entry points call
-``reexec_with_hugepages()`` first: it replaces the process (same PID, arguments and directory)
-once, with the tunable added. ``LM_RESEARCH_HUGEPAGES=0`` keeps the process as it is.
+XLA's CPU runtime mallocs each step's large temporary buffers afresh, and glibc maps them in
+4 KiB pages, faulted in again every step; ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >=
+2.35, read only at process start) maps them in 2 MiB pages. So the entry points call
+``reexec_with_hugepages()`` first, before JAX is imported: on a machine with no GPU or TPU it
+replaces the process once (same PID, arguments and directory) with the tunable added.
+``LM_RESEARCH_HUGEPAGES=0`` keeps the process as it is.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
 SWITCH = "LM_RESEARCH_HUGEPAGES"
 TUNABLE = "glibc.malloc.hugetlb"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+# Device files of accelerators JAX runs on: NVIDIA GPUs, TPUs (v2/v3 accel, v4+ VFIO).
+ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+
+
+def runs_on_cpu(environ: dict | None = None) -> bool:
+  """Whether JAX will run on the CPU, decided without importing it: ``JAX_PLATFORMS`` when set
+  (its first entry is the default backend), else no GPU or TPU device file present."""
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  return not any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICES)
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -47,10 +58,11 @@ def active() -> bool:
 
 
 def reexec_with_hugepages(environ: dict | None = None) -> None:
-  """Restarts this command with huge-page malloc where it is available and not yet on."""
+  """Restarts this command with huge-page malloc on a CPU run where it is available and not
+  yet on (a GPU or TPU run's step buffers live in device memory: nothing to gain there)."""
   environ = os.environ if environ is None else environ
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if (environ.get(SWITCH, "1") == "0" or TUNABLE in tunables
+  if (environ.get(SWITCH, "1") == "0" or TUNABLE in tunables or not runs_on_cpu(environ)
       or (glibc_version() or (0, 0)) < (2, 35) or not kernel_allows_hugepages()):
     return
   env = dict(environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, f"{TUNABLE}=1"])))

@@ -1,4 +1,5 @@
-"""Model FLOPs per example by family, device peak FLOP/s, and MFU.
+"""Model FLOPs per example by family, device peak FLOP/s (for the dtype a run computes in),
+and MFU.
 
 Training FLOPs = 3 x forward (forward + backward twice as costly); a matmul of an m x k by a
 k x n matrix costs 2mkn. Attention scores and the weighted sum cost 4 T S (N H) per layer:
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 
 from lm_research.models.config import ModelConfig
 
-# Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets.
+# Dense bf16 (and fp16) peak FLOP/s per chip, from the vendors' spec sheets.
 PEAK_FLOPS = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,  # v5e
@@ -25,6 +26,12 @@ PEAK_FLOPS = {
     "H100": 989e12,
     "H200": 989e12,
 }
+# float32 matmuls on NVIDIA GPUs: TF32 tensor cores at 'default'/'high' precision, the plain
+# FP32 units at 'highest' (dense spec-sheet figures, SXM parts).
+GPU_TF32_FLOPS = {"A100": 156e12, "H100": 494.5e12, "H200": 494.5e12}
+GPU_FP32_FLOPS = {"A100": 19.5e12, "H100": 67e12, "H200": 67e12}
+# float32 matmuls on TPUs are bfloat16 passes: 1 at 'default', 3 at 'high', 6 at 'highest'.
+TPU_F32_PASSES = {"default": 1, "high": 3, "highest": 6}
 
 
 def _layer_matmul_params(cfg: ModelConfig, cross: bool) -> int:
@@ -70,13 +77,24 @@ def train_flops_per_example(cfg: ModelConfig, seq_len: int, target_len: int = 0,
   return 3.0 * forward_flops_per_example(cfg, seq_len, target_len, mlm_positions)
 
 
-def table_peak_flops(device: jax.Device) -> float | None:
-  """The spec-sheet peak of a known accelerator, or None."""
-  kind = getattr(device, "device_kind", "")
-  for name, flops in PEAK_FLOPS.items():
+def _lookup(table: dict[str, float], kind: str) -> float | None:
+  for name, flops in table.items():
     if name in kind:
       return flops
   return None
+
+
+def table_peak_flops(device: jax.Device, dtype: str = "bfloat16",
+                     precision: str = "default") -> float | None:
+  """The spec-sheet peak of a known accelerator for matmuls in ``dtype`` (at ``precision``,
+  ModelConfig.matmul_precision, for float32), or None."""
+  kind = getattr(device, "device_kind", "")
+  peak = _lookup(PEAK_FLOPS, kind)
+  if peak is None or dtype != "float32":
+    return peak
+  if kind.startswith("TPU"):
+    return peak / TPU_F32_PASSES[precision]
+  return _lookup(GPU_FP32_FLOPS if precision == "highest" else GPU_TF32_FLOPS, kind)
 
 
 def measured_matmul_flops(size: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
@@ -92,10 +110,12 @@ def measured_matmul_flops(size: int = 1024, repeats: int = 5, dtype=jnp.float32)
   return 2 * size ** 3 / best
 
 
-def peak_flops_per_device() -> tuple[float, str]:
-  """Peak FLOP/s of one local device: from the table, else measured once; and its source."""
+def peak_flops_per_device(dtype: str = "bfloat16",
+                          precision: str = "default") -> tuple[float, str]:
+  """Peak FLOP/s of one local device for ``dtype`` matmuls: from the table, else measured once;
+  and its source."""
   device = jax.local_devices()[0]
-  peak = table_peak_flops(device)
+  peak = table_peak_flops(device, dtype, precision)
   if peak is not None:
-    return peak, "spec sheet"
+    return peak, f"spec sheet, {dtype}"
   return measured_matmul_flops(), "measured f32 matmul"

@@ -1,6 +1,7 @@
 """Model FLOPs per example (what MFU divides by), counted by hand for each family."""
 
 import jax
+import pytest
 from flax import nnx
 
 from lm_research import metrics
@@ -63,3 +64,22 @@ def test_encoder_decoder_forward_flops_by_hand():
   assert want == 2012672
   assert metrics.forward_flops_per_example(cfg, s, t) == want
   assert metrics.train_flops_per_example(cfg, s, t) == 3 * want
+
+
+class _Device:
+  def __init__(self, kind):
+    self.device_kind = kind
+
+
+@pytest.mark.parametrize("kind,dtype,precision,want", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", "default", 989e12),
+    ("NVIDIA H100 80GB HBM3", "float16", "highest", 989e12),  # precision is for float32 only
+    ("NVIDIA H200", "float32", "default", 494.5e12),  # TF32 tensor cores
+    ("NVIDIA A100-SXM4-40GB", "float32", "highest", 19.5e12),  # plain FP32 units
+    ("TPU v4", "float32", "default", 275e12),  # one bfloat16 pass
+    ("TPU v5 lite", "float32", "highest", 197e12 / 6),  # six bfloat16 passes
+    ("cpu", "float32", "default", None),
+])
+def test_peak_is_the_dtype_in_use(kind, dtype, precision, want):
+  """MFU divides by the spec-sheet peak of the dtype (and float32 precision) a run computes in."""
+  assert metrics.table_peak_flops(_Device(kind), dtype, precision) == want

@@ -18,6 +18,7 @@ def execs(monkeypatch):
   monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
   monkeypatch.setattr(hugepages, "glibc_version", lambda: (2, 36))
   monkeypatch.setattr(hugepages, "kernel_allows_hugepages", lambda: True)
+  monkeypatch.setattr(hugepages, "ACCELERATOR_DEVICES", ())  # a CPU-only machine
   return calls
 
 
@@ -75,3 +76,36 @@ def test_real_restart_keeps_arguments_and_sets_the_tunable():
                        capture_output=True, text=True, check=True).stdout.splitlines()
   # Printed twice: before the exec, then once more by the restarted process.
   assert out == ["start", "start", "['a', '--b=1'] True glibc.malloc.hugetlb=1"]
+
+
+@pytest.mark.parametrize("environ,device_files,on_cpu", [
+    ({}, [], True),                                   # no accelerator device files
+    ({}, ["nvidia0"], False),                         # an NVIDIA GPU
+    ({}, ["accel0"], False),                          # a TPU v2/v3 VM
+    ({"JAX_PLATFORMS": "cpu"}, ["nvidia0"], True),    # told to run on the CPU anyway
+    ({"JAX_PLATFORMS": "cuda,cpu"}, [], False),       # the first platform is the default
+    ({"JAX_PLATFORMS": "tpu"}, [], False),
+])
+def test_runs_on_cpu_decides_without_jax(tmp_path, monkeypatch, environ, device_files, on_cpu):
+  for name in device_files:
+    (tmp_path / name).touch()
+  monkeypatch.setattr(hugepages, "ACCELERATOR_DEVICES",
+                      (str(tmp_path / "nvidia[0-9]*"), str(tmp_path / "accel[0-9]*")))
+  assert hugepages.runs_on_cpu(environ) is on_cpu
+
+
+def test_accelerator_runs_are_not_restarted(execs, monkeypatch):
+  """A GPU or TPU run keeps its process: its step buffers are device memory, not malloc's."""
+  hugepages.reexec_with_hugepages({"JAX_PLATFORMS": "cuda"})
+  hugepages.reexec_with_hugepages({"JAX_PLATFORMS": "tpu"})
+  assert execs == []
+  hugepages.reexec_with_hugepages({"JAX_PLATFORMS": "cpu"})
+  assert len(execs) == 1
+
+
+def test_deciding_does_not_import_jax():
+  script = ("import sys; from lm_research import hugepages; hugepages.runs_on_cpu(); "
+            "print('jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == "False"

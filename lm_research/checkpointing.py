@@ -4,17 +4,23 @@ Layout of ``WORKDIR/checkpoints``:
   <step>/state      parameters, optimizer state, step, RNG (Orbax, async, any mesh)
   <step>/config     the resolved config (JSON)
   data/process_<i>/<step>.json   where process i's data iterator stood after <step>
+  quarantine/<step>-<reason>     steps that could not be read, moved aside (never deleted)
 
 Orbax writes a step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact; a step that cannot be read is skipped with a
-warning and the one before it is used. Old steps are deleted only after a new one commits.
+mid-save leaves the previous checkpoint intact. On restore, a step whose stored shapes differ
+from the run's state is a config change (one error naming the differing fields, nothing moved);
+a step that cannot be read is corrupt: a training run moves it to quarantine/ and resumes from
+the newest readable step. A read-only Checkpointer (eval, predict) writes nothing into
+checkpoints/ and takes no lock, so it can read a workdir a training run is using.
 """
 
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -22,61 +28,155 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+QUARANTINE = "quarantine"
+# ModelConfig and train fields whose change alters the saved state's shapes or structure.
+_STATE_FIELDS = ("model.", "train.optimizer", "train.ema_decay")
+_FULL_DISK = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded")
+_READ_ONLY = ("Read-only file system", "Permission denied")
+
+
+def quiet_library_teardown() -> None:
+  """Silences the asyncio teardown noise of a failed Orbax read or write (hundreds of
+  'Event loop is closed' tracebacks from TensorStore callbacks that outlive Orbax's loop, and
+  'Task exception was never retrieved'); the failure itself still raises, once."""
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+  previous = sys.unraisablehook
+  if getattr(previous, "_lm_research_quiet", False):
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+        unraisable.exc_value):
+      return
+    previous(unraisable)
+
+  hook._lm_research_quiet = True  # noqa: SLF001  (marks the hook as installed)
+  sys.unraisablehook = hook
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {(text[0] if text else '')[:limit]}"
+
+
+def _name(path) -> str:
+  """A pytree key path as Orbax names its arrays ('opt_state.1.0.mu.embeddings...')."""
+  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _shapes(tree) -> dict[str, tuple | None]:
+  """Each array's shape by name; None for PRNG keys (stored as raw uint32 data, not as typed
+  keys)."""
+  return {_name(path): None if jax.dtypes.issubdtype(getattr(leaf, "dtype", None) or "float32",
+                                                     jax.dtypes.prng_key) else tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def _differing(stored: dict, wanted: dict) -> list[str]:
+  """Array names in one tree only, or whose shapes differ (PRNG keys compare by name only)."""
+  return sorted(set(stored) ^ set(wanted)) or sorted(
+      k for k in stored if None not in (stored[k], wanted[k]) and stored[k] != wanted[k])
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
 
 class Checkpointer:
   """Saves and restores (train state, data state) every ``every_steps`` steps, keeping ``keep``."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    quiet_library_teardown()
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.data_dir = os.path.join(self.directory, "data", f"process_{jax.process_index()}")
-    os.makedirs(self.data_dir, exist_ok=True)
-    self._warn_incomplete()
+    self.read_only = read_only
+    self.manager = None
+    if read_only and not os.path.isdir(self.directory):
+      return  # nothing trained yet: restore_latest finds no step
+    if not read_only:
+      os.makedirs(self.data_dir, exist_ok=True)
+      self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-        cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "config"))
+        max_to_keep=keep, enable_async_checkpointing=async_save and not read_only,
+        create=not read_only, cleanup_tmp_directories=not read_only)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, step: int, state: Any, data_state: dict | None, config: dict) -> None:
     """Starts an asynchronous save of ``state`` at ``step`` (returns before it is written)."""
-    with open(os.path.join(self.data_dir, f"{step}.json"), "w") as f:
-      json.dump(data_state, f)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)), force=True)
-    self._prune_data_states()
+    try:
+      with open(os.path.join(self.data_dir, f"{step}.json"), "w") as f:
+        json.dump(data_state, f)
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)), force=True)
+      self._prune_data_states()
+    except Exception as e:  # noqa: BLE001  (a full or read-only disk becomes one line)
+      raise self._write_error(e) from None
 
-  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict | None, int] | None:
+  def restore_latest(self, abstract_state: Any,
+                     config: dict | None = None) -> tuple[Any, dict | None, int] | None:
     """The newest readable checkpoint as (state, data_state, step), or None if there is none.
 
     ``abstract_state`` carries the target shardings, so a checkpoint saved on one mesh is
-    restored onto another. When steps exist but none can be read, this raises instead of
-    returning None: starting afresh would train over (and prune) the run's checkpoints.
+    restored onto another. A step saved by another model or optimizer raises (naming the
+    differing ``config`` fields); an unreadable one is skipped (a writer moves it to
+    quarantine/). When steps existed but none can be read, this raises instead of returning
+    None: starting afresh would train over the run's metrics.
     """
-    steps = sorted(self.manager.all_steps(), reverse=True)
+    steps = sorted(self.manager.all_steps(), reverse=True) if self.manager else []
+    unreadable = []
     for step in steps:
+      try:
+        stored = _shapes(self.manager.item_metadata(step)["state"])
+      except Exception as e:  # noqa: BLE001  (any unreadable metadata: the step is corrupt)
+        unreadable.append(self._set_aside(step, "unreadable-metadata", e))
+        continue
+      wanted = _shapes(abstract_state)
+      if _differing(stored, wanted):
+        raise ValueError(self._mismatch(step, stored, wanted, config))
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
-      except Exception as e:  # noqa: BLE001  (any unreadable step: fall back to the older one)
-        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the one before it.",
-                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+      except Exception as e:  # noqa: BLE001  (shapes fit, data does not read: corrupt)
+        unreadable.append(self._set_aside(step, "unreadable-arrays", e))
         continue
       return restored.state, self._read_data_state(step), step
-    if steps:
+    quarantined = self._quarantined()
+    if unreadable or quarantined:
+      where = (f"moved to {os.path.join(self.directory, QUARANTINE)}" if not self.read_only
+               else "left in place")
       raise ValueError(
-          f"No checkpoint in {self.directory} (steps {', '.join(map(str, steps))}) fits this "
-          "run's state: rerun with the training run's config and flags (model, train.optimizer, "
-          "train.ema_decay), or use a new --workdir.")
+          f"no readable checkpoint in {self.directory} (unreadable steps "
+          f"{', '.join(unreadable or quarantined)}, {where}); use a new --workdir, or move "
+          "checkpoints/ and metrics.jsonl aside to start this one over")
     return None
 
   def wait(self) -> None:
     """Blocks until pending saves are committed."""
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error(e) from None
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for pending saves and releases the manager (only logs when already failing)."""
+    if self.manager is None:
+      return
+    failing = sys.exc_info()[0] is not None  # inside a finally that unwinds an error
+    try:
+      self.manager.wait_until_finished()
+      self.manager.close()
+    except Exception as e:  # noqa: BLE001
+      if not failing:
+        raise self._write_error(e) from None
+      logging.warning("Closing %s: %s", self.directory, _first_line(e))
 
   def reached_preemption(self, step: int) -> bool:
     """True when JAX's preemption sync point (TPU maintenance events) says to save and stop."""
@@ -84,6 +184,61 @@ class Checkpointer:
       return bool(self.manager.reached_preemption(step))
     except Exception:  # noqa: BLE001  (no preemption service outside managed TPU setups)
       return False
+
+  def _set_aside(self, step: int, reason: str, error: Exception) -> str:
+    """Moves an unreadable step to quarantine/ (a writer on process 0) and says so in one line;
+    returns the step's name."""
+    source = os.path.join(self.directory, str(step))
+    if self.read_only or jax.process_index() != 0:
+      logging.warning("Checkpoint %s is unreadable (%s); using the one before it.", source,
+                      _first_line(error))
+      return str(step)
+    target = os.path.join(self.directory, QUARANTINE, f"{step}-{reason}")
+    n = 1
+    while os.path.exists(target):
+      target = os.path.join(self.directory, QUARANTINE, f"{step}-{reason}.{n}")
+      n += 1
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(source, target)
+    self.manager.reload()
+    logging.warning("Checkpoint %s is unreadable (%s); moved it to %s and resuming from the "
+                    "newest readable step.", source, _first_line(error), target)
+    return str(step)
+
+  def _quarantined(self) -> list[str]:
+    path = os.path.join(self.directory, QUARANTINE)
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+  def _mismatch(self, step: int, stored: dict, wanted: dict, config: dict | None) -> str:
+    """The config-change error: which fields (or arrays) differ from the saved run's."""
+    changed = []
+    saved_path = os.path.join(self.directory, str(step), "config", "metadata")
+    if config is not None and os.path.exists(saved_path):
+      with open(saved_path) as f:
+        saved, now = _flat(json.load(f)), _flat(config)
+      # Saved configs hold resolved values ('auto' made 'xla'); those are not changes.
+      changed = [f"{k}={saved.get(k)!r} (this run: {now.get(k)!r})"
+                 for k in sorted(set(saved) | set(now))
+                 if k.startswith(_STATE_FIELDS) and saved.get(k) != now.get(k)
+                 and not {saved.get(k), now.get(k)} & {None, "auto", ""}]
+    if not changed:
+      changed = [f"array {k}: saved {stored.get(k)}, this run {wanted.get(k)}"
+                 for k in _differing(stored, wanted)]
+    return (f"checkpoint {self.directory}/{step} was saved by another model or optimizer "
+            f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}): rerun with the "
+            "training run's config and flags, or use a new --workdir for this config")
+
+  def _write_error(self, error: Exception) -> Exception:
+    """A full or read-only disk as a one-line ValueError; any other error unchanged."""
+    text = str(error)
+    if any(s in text for s in _FULL_DISK):
+      return ValueError(f"no space left on the disk of {self.directory}: free some space (or "
+                        "use a --workdir on a bigger disk), then rerun the same command; it "
+                        "resumes from the newest committed checkpoint")
+    if any(s in text for s in _READ_ONLY):
+      return ValueError(f"cannot write checkpoints in {self.directory} (read-only filesystem "
+                        "or permissions); pick a writable --workdir")
+    return error
 
   def _read_data_state(self, step: int) -> dict | None:
     path = os.path.join(self.data_dir, f"{step}.json")
@@ -107,8 +262,6 @@ class Checkpointer:
       if "tmp" in name:
         logging.warning("Skipping incomplete checkpoint %s (a save was interrupted).",
                         os.path.join(self.directory, name))
-
-
 class PreemptionFlag:
   """Set by SIGTERM; the loop checks it at each step boundary, saves and exits cleanly."""
 

@@ -1,14 +1,15 @@
 """Entry point: flags -> config -> distributed init -> train or evaluate.
 
-  python -m lm_research.main --config=configs/gpt_tiny.py --workdir=runs/gpt_tiny \\
+  python -m lm_research.main --config=configs/gpt_tiny.py [--workdir=runs/gpt_tiny] \\
       [--mode=train|eval|predict] [--config.train.steps=200 ...]
+--workdir defaults to runs/<config name> (runs/gpt_tiny_llama for configs/gpt_tiny.py:llama).
 Multi-process without a cluster manager:
   ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging as std_logging
 import os
 import re
@@ -21,7 +22,8 @@ from lm_research import hugepages
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and logs (default runs/<config name>).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to run.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
@@ -42,40 +44,44 @@ def _init_distributed() -> None:
     jax.distributed.initialize()
 
 
-def _write_config(config, workdir: str) -> None:
-  """The resolved config as DIR/config.json (process 0)."""
-  import jax
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+def default_workdir(config_arg: str) -> str:
+  """runs/<config file name>[_<ARG>] for --config=configs/NAME.py[:ARG]."""
+  path, _, arg = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", arg)
+  return os.path.join("runs", name)
 
 
 class _OnlyOurInfo(std_logging.Filter):
-  """Keeps libraries' (Orbax, JAX) INFO chatter out of the console; their warnings stay."""
+  """Keeps libraries' (Orbax, JAX) INFO chatter out of the console; their warnings stay, but
+  not Orbax's errors about a failed save or read: the exception that follows them ends the run
+  in one line (lm_research/checkpointing.py)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "lm_research" in record.pathname
+    if "lm_research" in record.pathname:
+      return True
+    if record.levelno >= std_logging.ERROR and "orbax" in record.pathname:
+      return False
+    return record.levelno >= std_logging.WARNING
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required: the directory for checkpoints and metrics.")
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   for handler in std_logging.getLogger().handlers + logging.get_absl_logger().handlers:
     handler.addFilter(_OnlyOurInfo())
   _init_distributed()
   from lm_research import train  # imports JAX-heavy modules only once flags are valid
   config = _CONFIG.value
-  _write_config(config, _WORKDIR.value)
+  logging.info("--mode=%s in --workdir=%s", _MODE.value, workdir)
   if _MODE.value == "train":
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, workdir)  # writes config.json once the state fits
   elif _MODE.value == "eval":
-    train.evaluate_only(config, _WORKDIR.value)
+    train.evaluate_only(config, workdir)
   else:
-    train.predict_only(config, _WORKDIR.value)
+    train.predict_only(config, workdir)
 
 
 def _flag_error_line(error: BaseException, argv: list[str]) -> str:
@@ -99,6 +105,17 @@ def _flag_error_line(error: BaseException, argv: list[str]) -> str:
   return lines[-1] if lines else type(error).__name__
 
 
+def _os_error_line(error: OSError) -> str:
+  """One line for a filesystem error, with what to do about it."""
+  where = f" writing {error.filename}" if error.filename else ""
+  hint = {errno.ENOSPC: "free some space (or use a --workdir on a bigger disk), then rerun the "
+                        "same command to resume from the newest checkpoint",
+          errno.EDQUOT: "free some space, then rerun the same command to resume",
+          errno.EROFS: "pick a writable --workdir",
+          errno.EACCES: "pick a writable --workdir"}.get(error.errno, "check the path and rerun")
+  return f"{error.strerror or error}{where}; {hint}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, but a bad flag, config file or config key exits with one line."""
   try:
@@ -119,8 +136,9 @@ def run() -> None:
   except flags.IllegalFlagValueError as e:
     sys.exit(f"error: {str(e).splitlines()[-1]}")
   except ValueError as e:
-    logging.error("%s", e)
     sys.exit(f"error: {e}")
+  except OSError as e:  # a disk that filled up or turned read-only mid-run
+    sys.exit(f"error: {_os_error_line(e)}")
 
 
 if __name__ == "__main__":

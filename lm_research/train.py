@@ -3,10 +3,17 @@
 Resume order: the workdir's latest readable checkpoint -> ``init_from`` (pretrained weights,
 fresh optimizer) -> fresh initialisation. SIGTERM (or TPU preemption) saves at the next step
 boundary and exits cleanly; rerunning the same command continues exactly where it stopped.
+A training run holds WORKDIR/lock for its life (one writer per workdir) and writes
+WORKDIR/config.json only once its state is restored or initialised, so a run refused for a
+config change leaves the workdir's config as it was. Eval and predict read the latest
+committed checkpoint without the lock and never write into checkpoints/.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 
 import jax
@@ -14,7 +21,7 @@ import ml_collections
 from absl import logging
 
 from lm_research import metrics as flops
-from lm_research import profiling, sharding, tracking, writers
+from lm_research import profiling, sharding, tracking, workdir_lock, writers
 from lm_research.checkpointing import Checkpointer, PreemptionFlag
 from lm_research.experiment import (Experiment, compile_steps, create_train_state,  # noqa: F401
                                     make_batches, make_experiment, run_eval, state_layout)
@@ -28,7 +35,7 @@ class NonFiniteLossError(RuntimeError):
 def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
   """(graphdef, state, shardings, data state, step) from a checkpoint, init_from, or scratch."""
   graphdef, abstract_state, state_sh, init = state_layout(exp, tx)
-  restored = ckpt.restore_latest(abstract_state)
+  restored = ckpt.restore_latest(abstract_state, exp.config.to_dict())
   if restored is not None:
     state, data_state, step = restored
     logging.info("Resuming from %s/%d.", ckpt.directory, step)
@@ -43,10 +50,38 @@ def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
   return graphdef, state, state_sh, None, 0
 
 
+@contextlib.contextmanager
+def _sole_writer(workdir: str):
+  """Holds WORKDIR/lock on process 0 for the block (a busy or unwritable workdir raises)."""
+  if jax.process_index() != 0:
+    yield
+    return
+  with workdir_lock.WorkdirLock(workdir):
+    yield
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The resolved config as WORKDIR/config.json (process 0; replaced whole, never half-written)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+  os.replace(path + ".tmp", path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: list | None = None) -> dict[str, float]:
   """Trains to ``train.steps`` (resuming from WORKDIR/checkpoints); returns the last metrics."""
+  with _sole_writer(workdir):
+    return _train(config, workdir, devices)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, devices: list | None):
+  """train_and_evaluate's body, run while holding the workdir's lock."""
   exp = make_experiment(config, devices, workdir)
+  config = exp.config  # the resolved config (train.steps from train.epochs, labels, body)
+  logging.info("Training to train.steps=%d in %s.", config.train.steps, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
   is_main = jax.process_index() == 0
   profiler = profiling.StepProfiler(config, workdir, is_main)
@@ -57,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     sinks = tracking.open_sinks(config, workdir, is_main)  # W&B, TensorBoard (process 0)
     with sharding.active_mesh(exp.mesh):
       graphdef, state, state_sh, data_state, start = _initial_state(exp, tx, ckpt)
+      write_config(config, workdir)  # the state fits this config: record it
       train, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
       return _loop(exp, graphdef, state, data_state, start, train, evaluate, workdir, ckpt,
                    preempted, sinks, profiler)
@@ -86,7 +122,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
   """``--mode=eval``: evaluates the latest checkpoint (or init_from weights) and logs it."""
   exp = make_experiment(config, devices, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
-  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  ckpt = Checkpointer(workdir, read_only=True)  # a training run may be using the workdir
   try:
     with sharding.active_mesh(exp.mesh):
       graphdef, state, state_sh, step = _trained_state(exp, tx, ckpt)
@@ -94,7 +130,11 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
       metrics = run_eval(exp, evaluate, _weights(state), graphdef, step)
   finally:
     ckpt.close()
-  writers.MetricsWriter(workdir, is_main=jax.process_index() == 0).write(step, metrics)
+  try:  # appended only when no training run is writing metrics.jsonl (steps stay in order)
+    with _sole_writer(workdir):
+      writers.MetricsWriter(workdir, is_main=jax.process_index() == 0).write(step, metrics)
+  except ValueError as e:
+    logging.warning("%s; this evaluation is printed but not added to metrics.jsonl.", e)
   writers.log_progress(f"eval at step {step}: " + ", ".join(
       f"{k} {v:.4f}" for k, v in metrics.items()), jax.process_index() == 0)
   return metrics
@@ -110,7 +150,7 @@ def predict_only(config: ml_collections.ConfigDict, workdir: str,
   exp = make_experiment(config, devices, workdir)
   predict.prediction_kind(exp)  # a run with nothing to predict fails before any restoring
   tx, _ = make_optimizer(exp.optim_cfg)
-  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+  ckpt = Checkpointer(workdir, read_only=True)
   try:
     with sharding.active_mesh(exp.mesh):
       graphdef, state, _, step = _trained_state(exp, tx, ckpt)

@@ -77,7 +77,8 @@ def test_resume_in_process_is_bitwise_identical(uninterrupted, tmp_path):
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_path, caplog):
-  """An unreadable newest step is skipped with a warning naming it; the one before is used."""
+  """An unreadable newest step is moved to quarantine/ with a warning naming it; the one
+  before is used."""
   workdir = str(tmp_path / "run")
   shutil.copytree(uninterrupted, workdir)
   state_dir = os.path.join(workdir, "checkpoints", "12", "state")
@@ -96,6 +97,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_pat
   assert step == 8
   assert data_state == {"step": 8}
   assert any("12" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+  # A writer moves the unreadable step aside (kept, not deleted) so training can save it again.
+  assert os.listdir(os.path.join(workdir, "checkpoints", "quarantine")) == [
+      "12-unreadable-metadata"]
 
 
 def test_checkpoint_of_another_layout_is_refused_and_kept(uninterrupted, tmp_path):
@@ -105,8 +109,9 @@ def test_checkpoint_of_another_layout_is_refused_and_kept(uninterrupted, tmp_pat
   shutil.copytree(uninterrupted, workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   config = _config(**{"train.steps": 16, "checkpoint.every_steps": 4, "train.ema_decay": 0.9})
-  with pytest.raises(ValueError, match=r"fits this run's state: rerun with the training run's "
-                     r"config and flags .*train.ema_decay"):
+  with pytest.raises(ValueError, match=r"checkpoints/12 was saved by another model or optimizer "
+                     r"\(train.ema_decay=0.0 \(this run: 0.9\)\): rerun with the training run's "
+                     r"config and flags"):
     train.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
   assert max(_losses(workdir)) == 12

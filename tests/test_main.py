@@ -73,3 +73,21 @@ def test_bad_input_is_one_line_and_leaves_workdir_alone(trained, args, expected)
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
   assert expected in lines[0]
   assert snapshot(trained) == before
+
+
+def test_workdir_defaults_to_runs_and_the_config_name():
+  from lm_research import main  # noqa: PLC0415
+  assert main.default_workdir("configs/bert_base.py") == "runs/bert_base"
+  assert main.default_workdir("configs/gpt_tiny.py:llama") == "runs/gpt_tiny_llama"
+  assert main.default_workdir("configs/finetune_causal_lm.py:a b") == "runs/finetune_causal_lm_a_b"
+
+
+def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path):
+  """No traceback: the run stops with one 'error:' line saying what to do, file untouched."""
+  path = tmp_path / "notes.txt"
+  path.write_text("mine")
+  result = cli(path, "--config=configs/gpt_tiny.py", *TINY)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir={path} is a file, not a directory; pick another --workdir")
+  assert "Traceback" not in result.stderr and path.read_text() == "mine"

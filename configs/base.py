@@ -158,6 +158,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.wandb.notes = ""
   c.wandb.dir = ""  # where W&B writes its files; '' = WORKDIR (so WORKDIR/wandb/)
   c.wandb.system_metrics = True  # sample CPU/GPU/TPU utilisation into the run
+  c.wandb.init_timeout = 20.0  # seconds an online start may wait for W&B before going offline
 
   c.tensorboard = ml_collections.ConfigDict()
   c.tensorboard.enabled = False  # event files for `tensorboard --logdir`

@@ -3,8 +3,9 @@
 A sink has ``write(step, metrics)``, ``truncate_after(step)`` and ``close(failed)``;
 ``writers.MetricsWriter`` fans every logged step out to the sinks ``open_sinks`` returns.
 Only process 0 opens any. W&B runs offline (into ``WORKDIR/wandb/``, no network) unless an API
-key is set or ``wandb.mode`` says otherwise; the run id is kept in ``WORKDIR/wandb/run_id`` so a
-resumed training run continues the same W&B run. The API key is read only to pick the mode:
+key is set or ``wandb.mode`` says otherwise (an online start says so first, and gives up
+after ``wandb.init_timeout`` seconds, logging offline instead); the run id is kept in
+``WORKDIR/wandb/run_id`` so a resumed training run continues the same W&B run. The API key is read only to pick the mode:
 it is never logged, printed or written.
 """
 
@@ -51,6 +52,7 @@ class WandbSink:
     import wandb  # noqa: PLC0415  (slow import; only when tracking is on)
     self._wandb = wandb
     c = config.wandb
+    self._init_timeout = float(c.init_timeout)
     root = os.path.abspath(c.dir or workdir)
     os.makedirs(os.path.join(workdir, "wandb"), exist_ok=True)
     os.makedirs(root, exist_ok=True)
@@ -60,6 +62,9 @@ class WandbSink:
         name=c.name or os.path.basename(os.path.abspath(workdir)), group=c.group or None,
         tags=[t.strip() for t in c.tags.split(",") if t.strip()] or None, notes=c.notes or None,
         dir=root, id=run_id, resume="allow", config=config.to_dict())
+    if mode == "online":  # the one step that waits on the network: say so before it does
+      logging.info("W&B: connecting online (up to wandb.init_timeout=%gs, then logging offline)",
+                   c.init_timeout)
     try:
       self.run = wandb.init(mode=mode, settings=self._settings(mode, c.system_metrics), **kwargs)
     except Exception as e:  # noqa: BLE001  (no network, bad key: never lose the training run)
@@ -88,7 +93,7 @@ class WandbSink:
     return self._wandb.Settings(
         mode=mode, console="off", silent=True, save_code=False, disable_git=True,
         disable_job_creation=True, x_disable_stats=not system_metrics,
-        x_disable_meta=not system_metrics)
+        x_disable_meta=not system_metrics, init_timeout=self._init_timeout)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     """Logs ``metrics`` at ``step`` (W&B drops steps below its current one, with a warning)."""

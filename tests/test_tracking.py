@@ -164,6 +164,30 @@ def test_failed_online_init_falls_back_to_offline_without_leaking_the_key(tmp_pa
   assert FAKE_KEY not in caplog.text
 
 
+def test_online_start_says_so_before_waiting_and_gives_up_at_the_timeout(tmp_path, monkeypatch,
+                                                                          caplog):
+  """The one network wait is announced first, and W&B is told wandb.init_timeout (its own
+  default, 90 s, was a silent 91 s stall with a plausible key and no network)."""
+  import wandb
+  real_init = wandb.init
+  seen = []
+
+  def init(mode, settings, **kwargs):
+    seen.append((mode, settings.init_timeout, [r.getMessage() for r in caplog.records]))
+    if mode == "online":
+      raise RuntimeError("Timed out while retrying: no such host")
+    return real_init(mode=mode, settings=settings, **kwargs)
+
+  monkeypatch.setattr(wandb, "init", init)
+  monkeypatch.setattr(wandb, "teardown", lambda: None)  # no online run was started
+  monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+  with caplog.at_level("INFO"):
+    tracking.WandbSink(tiny_config(**{"wandb.init_timeout": 3.0}), str(tmp_path), "online").close()
+  assert [(mode, timeout) for mode, timeout, _ in seen] == [("online", 3.0), ("offline", 3.0)]
+  assert seen[0][2][-1] == "W&B: connecting online (up to wandb.init_timeout=3s, then logging " \
+                           "offline)"
+
+
 def test_disabled_and_non_main_processes_open_no_sinks(tmp_path):
   assert tracking.open_sinks(tiny_config(**{"tensorboard.enabled": False,
                                             "wandb.mode": "disabled"}), str(tmp_path)) == []

@@ -12,6 +12,7 @@ Logical axes:
   kv      per-head width                  -> not sharded
   vocab   vocabulary                      -> tensor
   layers  stacked layers (scan)           -> not sharded
+  norm    a norm's scale and bias (d_model) -> not sharded
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ PARAM_RULES: dict[str, Any] = {
     "kv": None,
     "length": None,
     "layers": None,
+    # Norm scales and biases are replicated: d_model floats each, where sharding them costs
+    # an all-gather per norm per step.
+    "norm": None,
     "batch": ("data", "fsdp"),
 }
 # Activations: batch over data x fsdp; the model width stays whole on each device.

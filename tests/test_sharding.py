@@ -68,7 +68,8 @@ def test_make_mesh_axes_and_devices():
     (("heads", "embed"), P("tensor", "fsdp")),  # attention out
     (("vocab", "embed"), P("tensor", "fsdp")),  # token embedding
     (("length", "embed"), P(None, "fsdp")),  # learned positions
-    (("embed",), P("fsdp")),  # norm scale
+    (("embed",), P("fsdp")),  # attention out bias
+    (("norm",), P(None)),  # norm scale: replicated
     (("heads",), P("tensor")),  # q bias
     (("layers", "embed", "mlp"), P(None, "fsdp", "tensor")),  # scanned kernel
     (("embed", "kv"), P("fsdp", None)),
@@ -180,7 +181,7 @@ def test_param_shardings_follow_logical_names():
       f"{block}['mlp']['wi']['kernel'].value": P("fsdp", "tensor"),
       f"{block}['mlp']['wo']['kernel'].value": P("tensor", "fsdp"),
       f"{block}['mlp']['wi']['bias'].value": P("tensor"),
-      "['stack']['final_norm']['scale'].value": P("fsdp"),
+      "['stack']['final_norm']['scale'].value": P(None),  # norms are replicated
   }
   for path, spec in want.items():
     assert by_path[path] == NamedSharding(mesh, spec), path

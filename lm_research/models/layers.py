@@ -51,10 +51,11 @@ class Norm(nnx.Module):
     del rngs  # deterministic init
     self.kind = cfg.norm
     self.eps = cfg.norm_eps
-    self.scale = nnx.Param(ones_init(("embed",))(None, (cfg.d_model,), jnp.dtype(cfg.param_dtype)))
+    # 'norm', not 'embed': replicated (sharding.PARAM_RULES), so no all-gather per norm.
+    self.scale = nnx.Param(ones_init(("norm",))(None, (cfg.d_model,), jnp.dtype(cfg.param_dtype)))
     if cfg.norm == "layernorm":
-      self.bias = nnx.Param(zeros_init(("embed",))(None, (cfg.d_model,),
-                                                    jnp.dtype(cfg.param_dtype)))
+      self.bias = nnx.Param(zeros_init(("norm",))(None, (cfg.d_model,),
+                                                   jnp.dtype(cfg.param_dtype)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = x.dtype

@@ -229,7 +229,9 @@ def _eval_split(builder, entry) -> str:
 def _catalog_data_source(builder, name: str, split: str, data_dir: str | None):
   """Random access to a prepared catalog split; a one-line error when it is not there."""
   fix = (f"prepare it once with `tfds build {name} --file_format=array_record "
-         f"--data_dir=DIR` where TFDS can download it, then set data.data_dir=DIR")
+         f"--data_dir=DIR` where TFDS can download it, then set data.data_dir=DIR; or train "
+         "on local files with --config.data.source=files --config.data.train_path=PATH "
+         "--config.data.eval_path=PATH")
   try:
     with local_builder.quiet_tfds_warnings():
       prepared = builder.is_prepared()

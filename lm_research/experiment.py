@@ -20,13 +20,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lm_research import metrics, sharding, steps
 from lm_research.data import inputs
 from lm_research.models import ModelConfig, build_model
-from lm_research.objectives import masked_lm
-from lm_research.objectives.registry import TASKS, get_objective
-from lm_research.objectives.span_corruption import random_spans_helper
+from lm_research.objectives.registry import get_objective
 from lm_research.optim import OptimConfig
 from lm_research.tasks import examples as task_examples
-from lm_research.tasks import evaluate as task_eval
 from lm_research.tasks import setup as task_setup
+from lm_research.tasks.registry import Task, task_of
 
 
 @dataclasses.dataclass
@@ -46,21 +44,17 @@ class Experiment:
 
   @property
   def target_len(self) -> int:
-    """Decoder length for encoder-decoder batches (T5's 512 -> 114 rule, or set), else 0."""
+    """Decoder length for encoder-decoder batches (train.target_len, or the objective's), else 0."""
     if self.model_cfg.family != "encoder_decoder":
       return 0
-    if self.config.train.target_len:
-      return self.config.train.target_len
-    if self.config.objective == "seq2seq":
-      return self.config.train.seq_len
-    return random_spans_helper(self.config.train.seq_len)[1]
+    return self.config.train.target_len or self.objective.decoder_length(self.config.train.seq_len)
 
   @property
   def mlm_positions(self) -> int | None:
-    """Rows of MLM logits per example for mlm_nsp (its masked positions), else None."""
-    if self.config.objective != "mlm_nsp":
+    """Rows of MLM logits per example when the objective predicts only at masked positions."""
+    if self.objective.predictions_per_row is None:
       return None
-    return masked_lm.predictions_per_row(self.config.data, self.config.train.seq_len)
+    return self.objective.predictions_per_row(self.config.data, self.config.train.seq_len)
 
   def train_flops_per_example(self) -> float:
     """Model FLOPs of one training example (forward + backward) at the configured lengths."""
@@ -68,11 +62,9 @@ class Experiment:
                                            self.target_len, self.mlm_positions)
 
   @property
-  def task(self) -> str:
-    """'classification' | 'tagging' | 'seq2seq' | 'prompt_response', or '' for pretraining."""
-    if self.config.objective in TASKS:
-      return self.config.objective
-    return "prompt_response" if task_setup.is_finetuning(self.config) else ""
+  def task(self) -> Task | None:
+    """The fine-tuning task (tasks/registry.py), or None when pretraining."""
+    return task_of(self.config)
 
 
 def make_experiment(config: ml_collections.ConfigDict, devices: list | None = None,
@@ -108,8 +100,7 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   if config.train.batch_size % jax.process_count():
     raise ValueError(f"train.batch_size={config.train.batch_size} does not split over "
                      f"{jax.process_count()} processes; make it a multiple of the process count.")
-  if config.eval.every_steps and config.eval.steps < (0 if labels is not None or
-                                                      task_setup.is_finetuning(config) else 1):
+  if config.eval.every_steps and config.eval.steps < (0 if task_of(config) else 1):
     raise ValueError("eval.steps must be at least 1 (0 = the whole eval set, fine-tuning only) "
                      "when eval.every_steps is set.")
   tokenizer = None
@@ -169,18 +160,7 @@ def compile_steps(exp: Experiment, graphdef, state_sh, tx, schedule):
 
 def task_rows(exp: Experiment):
   """The fine-tuning row builder of ``exp`` (tasks/examples.py), or None when pretraining."""
-  c, family = exp.config, exp.model_cfg.family
-  ids = {name: i for i, name in enumerate(exp.labels or [])}
-  if exp.task == "classification":
-    return task_examples.ClassificationExamples(exp.tokenizer, family, c.train.seq_len, ids,
-                                                c.data.truncation)
-  if exp.task == "tagging":
-    return task_examples.TaggingExamples(exp.tokenizer, family, c.train.seq_len, ids)
-  if exp.task == "seq2seq":
-    return task_examples.Seq2SeqExamples(exp.tokenizer, c.train.seq_len, exp.target_len)
-  if exp.task == "prompt_response":
-    return task_examples.PromptResponseExamples(exp.tokenizer, c.train.seq_len)
-  return None
+  return exp.task.rows(exp) if exp.task is not None else None
 
 
 def make_batches(exp: Experiment, split: str) -> Iterator[dict]:
@@ -205,15 +185,9 @@ def run_eval(exp: Experiment, evaluate, params, graphdef=None, step: int = 0) ->
   """Eval metrics: the objective's over ``eval.steps`` batches (pretraining), or the task's
   over the whole eval set (fine-tuning; ``eval.steps`` > 0 caps the batches)."""
   c = exp.config
-  if exp.task in ("classification", "tagging"):
-    fn = (task_eval.classification_metrics if exp.task == "classification"
-          else task_eval.tagging_metrics)
-    metrics = fn(exp, graphdef, params, make_batches(exp, "eval"), step)
-  elif exp.task:
-    metrics = _loss_metrics(exp, evaluate, params,
-                            task_eval.synchronised(make_batches(exp, "eval"), c.eval.steps))
-    if c.eval.max_new_tokens:
-      metrics.update(task_eval.generation_metrics(exp, graphdef, params, exp.open_split("eval")))
+  if exp.task is not None:
+    metrics = exp.task.metrics(exp, graphdef, params, make_batches(exp, "eval"),
+                               lambda batches: _loss_metrics(exp, evaluate, params, batches), step)
   else:
     metrics = _loss_metrics(exp, evaluate, params,
                             inputs.eval_batches(c, make_batches(exp, "eval"), c.eval.steps))

@@ -34,6 +34,11 @@ class Objective:
   examples: type | None = None
   # (rng, batch, length, vocab, data_cfg) -> a random batch of the format (data/synthetic.py).
   synthetic: Callable | None = None
+  # (input length) -> decoder length, for encoder-decoder objectives (T5's 512 -> 114 rule).
+  decoder_length: Callable[[int], int] | None = None
+  # (data_cfg, seq_len) -> rows of MLM logits per example, for objectives that predict only at
+  # masked positions (what the model's FLOPs count); None: every position.
+  predictions_per_row: Callable | None = None
 
   @property
   def options(self) -> tuple[str, ...]:

@@ -41,13 +41,15 @@ OBJECTIVES = {
                "nsp_accuracy": "examples"},
         loss_terms=("mlm_loss", "nsp_loss"),
         tokens=lambda b: jnp.sum(b["attention_mask"]),
-        examples=documents.MlmNspExamples, synthetic=synthetic.mlm_nsp_batch),
+        examples=documents.MlmNspExamples, synthetic=synthetic.mlm_nsp_batch,
+        predictions_per_row=masked_lm.predictions_per_row),
     "span_corruption": Objective(
         name="span_corruption", families=("encoder_decoder",),
         numerators=span_corruption.loss_numerators, denominators=lm_denominators,
         terms=_LM_TERMS, loss_terms=("loss",),
         tokens=lambda b: jnp.sum(b["segment_ids"] != 0) + jnp.sum(b["decoder_segment_ids"] != 0),
-        examples=documents.SpanCorruptionExamples, synthetic=synthetic.span_corruption_batch),
+        examples=documents.SpanCorruptionExamples, synthetic=synthetic.span_corruption_batch,
+        decoder_length=lambda seq_len: span_corruption.random_spans_helper(seq_len)[1]),
     "classification": Objective(
         name="classification", families=("encoder", "decoder"),
         numerators=classification.sequence_numerators,
@@ -64,11 +66,9 @@ OBJECTIVES = {
 # Seq2seq rows are span corruption's batch format with one (input, target) pair each, built by
 # the seq2seq task's row builder rather than from documents.
 OBJECTIVES["seq2seq"] = dataclasses.replace(OBJECTIVES["span_corruption"], name="seq2seq",
-                                            examples=None)
+                                            examples=None, decoder_length=lambda s: s)
 # The pretraining objectives: examples built from plain documents.
 PRETRAINING = tuple(name for name, o in OBJECTIVES.items() if o.examples is not None)
-# The fine-tuning objectives: their data are labelled records, evaluated with task metrics.
-TASKS = ("classification", "tagging", "seq2seq")
 
 
 def get_objective(name: str) -> Objective:

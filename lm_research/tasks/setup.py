@@ -20,21 +20,13 @@ import os
 from absl import logging
 
 from lm_research import pretrained
-from lm_research.objectives.registry import TASKS
+from lm_research.tasks.registry import Task, task_of
 
 # ModelConfig fields the run decides; every other one comes from the pretrained body.
 RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", "scan_layers",
               "attention_impl", "dropout_rate")
-HEADS = {"classification": "sequence_classification", "tagging": "token_classification"}
-LABEL_FIELDS = {"classification": "label", "tagging": "tags"}
 # The bundled-corpus pretraining config of each family (named when init_from is missing).
 TINY_BODIES = {"encoder": "bert_tiny", "decoder": "gpt_tiny", "encoder_decoder": "t5_tiny"}
-
-
-def is_finetuning(config) -> bool:
-  """A task objective, or causal LM on prompt/response pairs."""
-  return config.objective in TASKS or (config.objective == "causal_lm"
-                                       and config.data.kind == "seq2seq")
 
 
 def _pretrained_model(path: str) -> dict:
@@ -120,7 +112,7 @@ def _labels(config, workdir: str, field: str, open_split) -> list[str]:
 AUTO_LR_AT_128 = 3e-4
 
 
-def _schedule(config, open_split) -> None:
+def _schedule(config, open_split, task: Task | None) -> None:
   """train.steps from train.epochs (unless train.steps is set), warmup from
   train.warmup_ratio, an automatic rate."""
   train = config.train
@@ -133,7 +125,7 @@ def _schedule(config, open_split) -> None:
                     "--config.train.steps=0 to train by epochs).", train.steps, train.epochs)
   elif train.epochs > 0:
     examples = len(open_split("train"))
-    unit = {"classification": "texts", "tagging": "sentences"}.get(config.objective, "examples")
+    unit = task.unit if task is not None else "documents"
     train.steps = max(1, math.ceil(train.epochs * examples / train.batch_size))
     rows = (", each one or more rows of train.seq_len (data.truncation=windows)"
             if config.data.truncation == "windows" else "")
@@ -151,17 +143,18 @@ def prepare(config, workdir: str, open_split) -> list[str] | None:
 
   ``open_split(split)`` gives the run's data sources (data/inputs.DataSources), opened once.
   """
-  if config.objective in HEADS:
-    config.model.head = HEADS[config.objective]
+  task = task_of(config)
+  if task is not None and task.head is not None:
+    config.model.head = task.head
   if config.init_from:
     # A resumed, evaluated or predicting run reads its own checkpoint's body and tokenizer,
     # so it still works when init_from has moved.
     adopt_pretrained(config, workdir if workdir and _checkpointed(workdir) else config.init_from)
-  elif is_finetuning(config):
+  elif task is not None:
     logging.warning("init_from is empty: fine-tuning a randomly initialised model.")
   labels = None
-  if config.objective in LABEL_FIELDS:
-    labels = _labels(config, workdir, LABEL_FIELDS[config.objective], open_split)
+  if task is not None and task.labelled:
+    labels = _labels(config, workdir, task.label_field, open_split)
     config.model.num_labels = len(labels)
-  _schedule(config, open_split)
+  _schedule(config, open_split, task)
   return labels

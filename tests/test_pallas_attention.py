@@ -181,3 +181,20 @@ def test_fallback_runs_softmax_attention_and_logs_once(caplog):
   lines = [r.getMessage() for r in caplog.records]
   assert lines == ["attention: cuDNN flash attention cannot express packed segments (several "
                    "documents per row); using the XLA attention there."]
+
+
+def test_cudnn_residuals_carry_the_remat_name(capsys):
+  """The cuDNN call's residuals (here those of its XLA stand-in) are saved by name under
+  'save_dots', so its forward is not run again in the backward pass."""
+  q, k, v, _ = qkv(64, 64)
+  segments, _ = case(64, 64, True, False)
+  real = jax.nn.dot_product_attention
+
+  def f(q, k, v):
+    return jnp.sum(attention_kernels.cudnn_attention(q, k, v, bias_BNTS=None, scale=SCALE,
+                                                     segments=segments))
+  with mock.patch.object(jax.nn, "dot_product_attention",
+                         lambda *a, **kw: real(*a, **dict(kw, implementation="xla"))):
+    jax.ad_checkpoint.print_saved_residuals(
+        jax.checkpoint(f, policy=blocks.REMAT_POLICIES["save_dots"]), q, k, v)
+  assert f"named '{KERNEL_RESIDUALS}'" in capsys.readouterr().out

@@ -75,6 +75,8 @@ def test_round_trip_spaces_ascii_and_rare_characters(zh_tok):
 def test_unit_splitting_and_joining():
   assert units.split_units("北京欢迎你") == ["北", "京", "欢", "迎", "你"]
   assert units.split_units("我用 iPhone 拍照。") == ["我", "用", "iPhone", "拍", "照", "。"]
+  assert units.split_units("“菊苣”——新型") == ["“", "菊", "苣", "”", "—", "—", "新", "型"]
+  assert units.split_units("ends.") == ["ends."]  # Western text keeps its words whole
   assert units.split_units("the jury said") == ["the", "jury", "said"]
   assert units.split_units("ที่นี่", "chars") == ["ที่", "นี่"]  # vowels and tones stay on
   assert units.split_units("北京 欢迎", "whitespace") == ["北京", "欢迎"]

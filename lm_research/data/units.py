@@ -60,7 +60,8 @@ def characters(text: str) -> list[str]:
 
 def split_units(text: str, mode: str = "auto") -> list[str]:
   """A line's word units: 'whitespace' words, 'chars', or 'auto' (characters of unspaced
-  scripts, whitespace words elsewhere: '我用 iPhone 拍照' -> 我 用 iPhone 拍 照).
+  scripts and the punctuation among them, whitespace words elsewhere: '我用 iPhone 拍照——好！'
+  -> 我 用 iPhone 拍 照 — — 好 ！).
 
   The first line that 'auto' splits into characters is logged once, so a run says which
   units it used.
@@ -74,8 +75,12 @@ def split_units(text: str, mode: str = "auto") -> list[str]:
   units: list[str] = []
   for word in text.split():
     run = ""
+    # Beside Chinese, punctuation and symbols shared with Western text ("——", "“", "○") are
+    # units too.
+    alone = (lambda ch: is_unspaced(ch) or unicodedata.category(ch)[0] in "PS"
+             ) if has_unspaced(word) else is_unspaced
     for unit in characters(word):
-      if is_unspaced(unit[0]):
+      if alone(unit[0]):
         units += [run, unit] if run else [unit]
         run = ""
       else:

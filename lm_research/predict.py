@@ -5,16 +5,20 @@
 
 Input: plain lines (one text, or for tagging one whitespace-split sentence, per line), a .tsv
 with a header (columns text[, text_b] or input), or .jsonl (text[, text_b], tokens, input or
-prompt). Output per input:
-  classification   {"text", "label", "probabilities": {label: p}}
-  tagging          {"tokens", "tags"}
-  generation       {"input", "output"}    (seq2seq, causal LM, span corruption)
+prompt). Output: exactly one JSON line per input line (after a .tsv's header), in order, each
+with its 1-based "line" number and "truncated" (the input was longer than a row and was cut):
+  classification   {"line", "text", "label", "probabilities": {label: p}, "truncated"}
+  tagging          {"line", "tokens", "tags", "truncated"}
+  generation       {"line", "input", "output", "truncated"}   (seq2seq, causal LM, span corruption)
+  a line with nothing to predict (blank, not UTF-8, not JSON, no text field): {"line", "error"}
+The closing log line counts the errors and the truncated inputs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -56,35 +60,70 @@ def _record(kind: str, obj: dict, where: str) -> dict:
   return {"input": str(value)}
 
 
-def read_inputs(path: str, kind: str) -> list[dict]:
-  """The records of a plain-lines, .tsv or .jsonl input file (one-line errors for bad ones)."""
+class Input(NamedTuple):
+  """One line of the input file: its number, and its record or why it has none."""
+  line: int
+  record: dict | None
+  error: str | None = None
+
+
+def _decoded(raw: bytes) -> tuple[str | None, str | None]:
+  """(text, None), or (None, why) for bytes that are not UTF-8."""
+  try:
+    return raw.decode("utf-8").rstrip("\r"), None
+  except UnicodeDecodeError as e:
+    return None, (f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the "
+                  "file as UTF-8")
+
+
+def _parse(kind: str, text: str, number: int, path: str, header: list[str] | None) -> dict:
+  """The record of one non-blank line (a ValueError says why it has none)."""
+  where = f"{path}:{number}"
+  if path.endswith(".jsonl"):
+    try:
+      obj = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{where} is not JSON ({e.msg}); write one object per line") from None
+    if not isinstance(obj, dict):
+      raise ValueError(f"{where} is not a JSON object; write one object per line")
+    return _record(kind, obj, where)
+  if header is not None:
+    return _record(kind, dict(zip(header, text.split("\t"))), where)
+  return _record(kind, {_TEXT_KEYS[kind][-1]: text}, where)
+
+
+def read_inputs(path: str, kind: str) -> list[Input]:
+  """One ``Input`` per line of a plain-lines, .tsv (after its header) or .jsonl file, in order;
+  a blank, non-UTF-8 or malformed line carries an error instead of a record. A file with no
+  readable line at all is a one-line ValueError."""
   if not path:
     raise ValueError("--mode=predict needs --config.predict.input=FILE (lines, .tsv or .jsonl)")
   if not os.path.isfile(path):
     raise ValueError(f"predict.input={path!r} is not a file")
-  with open(path, encoding="utf-8", errors="replace") as f:
-    lines = [line.rstrip("\n") for line in f]
-  records = []
-  if path.endswith(".jsonl"):
-    for number, line in enumerate(lines, 1):
-      if line.strip():
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{number} is not JSON ({e.msg}); write one object per "
-                           "line") from None
-        records.append(_record(kind, obj, f"{path}:{number}"))
-  elif path.endswith(".tsv"):
-    header = lines[0].split("\t") if lines else []
-    for number, line in enumerate(lines[1:], 2):
-      if line.strip():
-        records.append(_record(kind, dict(zip(header, line.split("\t"))), f"{path}:{number}"))
-  else:
-    records = [_record(kind, {_TEXT_KEYS[kind][-1]: line}, path) for line in lines
-               if line.strip()]
-  if not records:
-    raise ValueError(f"predict.input={path!r} holds no inputs; give one per line")
-  return records
+  with open(path, "rb") as f:
+    raw_lines = f.read().split(b"\n")
+  if raw_lines and not raw_lines[-1]:
+    raw_lines.pop()  # the newline that ends the last line starts no new one
+  header, first = None, 1
+  if path.endswith(".tsv") and raw_lines:
+    header, first = (_decoded(raw_lines[0])[0] or "").split("\t"), 2
+  inputs, failures = [], []
+  for number, raw in enumerate(raw_lines[first - 1:], first):
+    text, error = _decoded(raw)
+    if text is not None and not text.strip():
+      error = "blank line"
+    if error is None:
+      try:
+        inputs.append(Input(number, _parse(kind, text, number, path, header)))
+        continue
+      except ValueError as e:
+        error = str(e)
+        failures.append(error)
+    inputs.append(Input(number, None, error))
+  if not any(i.record for i in inputs):
+    raise ValueError(failures[0] if failures else
+                     f"predict.input={path!r} holds no inputs; give one per line")
+  return inputs
 
 
 def _padded_batches(rows: list[dict], batch_size: int):
@@ -138,18 +177,57 @@ def predictions(exp, graphdef, params, records: list[dict], kind: str) -> list[d
   return [{"input": r["input"], "output": o} for r, o in zip(records, outputs)]
 
 
+def truncated(exp, kind: str, record: dict) -> bool:
+  """Whether the model sees only part of ``record``: its tokens do not fit a row (a single
+  classification text under data.truncation=windows is read whole, over several rows)."""
+  tok, seq_len = exp.tokenizer, exp.config.train.seq_len
+  encoder = exp.model_cfg.family == "encoder"
+  if kind == "classification":
+    a, pair = len(tok.encode(record["text"])), bool(record["text_b"])
+    if not pair:
+      return exp.config.data.truncation != "windows" and a + (2 if encoder else 1) > seq_len
+    return a + len(tok.encode(record["text_b"])) + (3 if encoder else 2) > seq_len
+  if kind == "tagging":  # sentences span rows; only a word longer than a row is cut
+    budget = seq_len - (2 if encoder else 0)
+    return any(len(p) > budget for p in task_examples.word_pieces(tok, record["tokens"]))
+  length = generate.prompt_length(exp, exp.config.predict.max_new_tokens)
+  return len(tok.encode(record["input"])) + 1 > length  # + BOS (decoder) or EOS (T5)
+
+
+def _summary(results: list[dict], output: str, exp, kind: str) -> str:
+  """'wrote 8 predictions (one per input line) to FILE; 2 errors (lines 3, 5); 1 truncated'."""
+  errors = [r["line"] for r in results if "error" in r]
+  cut = sum(bool(r.get("truncated")) for r in results)
+  line = f"wrote {len(results)} predictions (one per input line) to {output}"
+  if errors:
+    shown = ", ".join(map(str, errors[:10])) + (", ..." if len(errors) > 10 else "")
+    line += f"; {len(errors)} lines could not be predicted (lines {shown}: see their 'error')"
+  if cut:
+    line += (f"; {cut} of {len(results) - len(errors)} inputs were longer than "
+             f"train.seq_len={exp.config.train.seq_len} tokens and were cut ('truncated': true)")
+    if (kind == "classification" and exp.config.data.truncation != "windows"
+        and cut >= 0.1 * (len(results) - len(errors))):
+      line += "; --config.data.truncation=windows reads all of a long text"
+  return line
+
+
 def run(exp, graphdef, params, step: int) -> str:
-  """Predicts every input of ``predict.input`` into ``predict.output``; returns its path."""
+  """Predicts every line of ``predict.input`` into ``predict.output`` (one JSON line out per
+  input line, in order, each with its line number); returns the output path."""
   if jax.process_count() > 1:
     raise ValueError("--mode=predict runs in one process; start it without --num_processes")
   kind = prediction_kind(exp)
-  records = read_inputs(exp.config.predict.input, kind)
+  inputs = read_inputs(exp.config.predict.input, kind)
   output = exp.config.predict.output or os.path.join(exp.workdir, "predictions.jsonl")
-  logging.info("Predicting %d inputs with the step-%d weights.", len(records), step)
-  results = predictions(exp, graphdef, params, records, kind)
+  good = [i for i in inputs if i.record is not None]
+  logging.info("Predicting %d inputs with the step-%d weights.", len(good), step)
+  predicted = iter(predictions(exp, graphdef, params, [i.record for i in good], kind))
+  results = [{"line": i.line, "error": i.error} if i.record is None else
+             {"line": i.line, **next(predicted), "truncated": truncated(exp, kind, i.record)}
+             for i in inputs]
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:
     for result in results:
       f.write(json.dumps(result, ensure_ascii=False) + "\n")
-  writers.log_progress(f"wrote {len(results)} predictions to {output}", True)
+  writers.log_progress(_summary(results, output, exp, kind), True)
   return output

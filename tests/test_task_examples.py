@@ -101,19 +101,22 @@ def test_seq2seq_rows_shift_targets_right(tok):
 
 
 def test_predict_reads_lines_tsv_and_jsonl(tmp_path):
+  """One entry per input line, numbered from 1 (a .tsv's from 2, after its header); a blank line
+  is an entry with an error, not a dropped line."""
   lines = tmp_path / "in.txt"
   lines.write_text("first text\n\nsecond text\n")
   assert predict.read_inputs(str(lines), "classification") == [
-      {"text": "first text", "text_b": ""}, {"text": "second text", "text_b": ""}]
+      (1, {"text": "first text", "text_b": ""}, None), (2, None, "blank line"),
+      (3, {"text": "second text", "text_b": ""}, None)]
   tsv = tmp_path / "in.tsv"
   tsv.write_text("text\ttext_b\nq one\ta one\n")
   assert predict.read_inputs(str(tsv), "classification") == [
-      {"text": "q one", "text_b": "a one"}]
+      (2, {"text": "q one", "text_b": "a one"}, None)]
   jsonl = tmp_path / "in.jsonl"
   jsonl.write_text(json.dumps({"tokens": ["A", "b"]}) + "\n" + json.dumps({"text": "c d"}) + "\n")
-  assert predict.read_inputs(str(jsonl), "tagging") == [{"tokens": ["A", "b"]},
-                                                        {"tokens": ["c", "d"]}]
-  assert predict.read_inputs(str(lines), "generation")[0] == {"input": "first text"}
+  assert predict.read_inputs(str(jsonl), "tagging") == [(1, {"tokens": ["A", "b"]}, None),
+                                                        (2, {"tokens": ["c", "d"]}, None)]
+  assert predict.read_inputs(str(lines), "generation")[0] == (1, {"input": "first text"}, None)
 
 
 @pytest.mark.parametrize("content, message", [

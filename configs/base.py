@@ -57,6 +57,7 @@ def finetune(objective: str, kind: str, body: str, train_path: str,
   c.data.eval_path = eval_path
   c.train.seq_len = 128
   c.train.batch_size = 32
+  c.train.steps = 0  # 0: from train.epochs; --config.train.steps=N wins over epochs
   c.train.epochs = 3.0  # train.steps follows from the training set's size
   c.train.learning_rate = 0.0  # auto: 3e-4 for the tiny bodies, 5e-5 for BERT-base
   c.train.warmup_ratio = 0.1
@@ -83,7 +84,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.batch_size = 8  # global batch (all devices, all processes)
   c.train.seq_len = 128  # tokens per example (encoder input length for span corruption)
   c.train.target_len = 0  # seq2seq decoder length; 0 = span corruption's rule, or seq_len
-  c.train.epochs = 0.0  # > 0: train.steps = ceil(epochs * training examples / batch_size)
+  c.train.epochs = 0.0  # > 0 with train.steps=0: steps = ceil(epochs * examples / batch_size)
   c.train.learning_rate = 1e-3  # 0 = 3e-4 * 128 / model.d_model (tasks/setup.py)
   c.train.optimizer = "adamw"  # 'adamw' | 'adafactor'
   c.train.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'inverse_sqrt' | 'constant'

@@ -228,3 +228,23 @@ def test_steps_from_epochs_and_a_width_scaled_learning_rate(tmp_path):
   assert c.train.learning_rate == pytest.approx(3e-4 * 128 / 32)  # d_model 32
   assert c.train.warmup_steps == 1  # int(0.1 * 13)
   assert (c.model.head, c.model.num_labels) == ("sequence_classification", 3)
+
+
+def test_an_explicit_step_count_wins_over_epochs(tmp_path, caplog):
+  """--config.train.steps=20 on a config with train.epochs=2 trains 20 steps, and says so;
+  train.steps=0 counts them from the epochs and logs the count of texts."""
+  from lm_research.data.inputs import DataSources  # noqa: PLC0415
+  from lm_research.tasks import setup  # noqa: PLC0415
+  train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(100, 0))
+  c = task_config(finetune_classification, train_path, train_path, epochs=2.0, steps=20,
+                  warmup_ratio=0.1)
+  workdir = str(tmp_path / "run")
+  with caplog.at_level("INFO"):
+    setup.prepare(c, workdir, DataSources(c.data, workdir))
+  assert (c.train.steps, c.train.warmup_steps) == (20, 2)
+  assert "train.steps=20 is set, so train.epochs=2 is not used (set --config.train.steps=0 to " \
+         "train by epochs)." in caplog.text
+  c.train.steps = 0  # the fine-tuning configs' default: from epochs, counted in texts
+  with caplog.at_level("INFO"):
+    setup.prepare(c, workdir, DataSources(c.data, workdir))
+  assert "train.epochs=2 over 100 training texts at batch 16: train.steps=13" in caplog.text

@@ -5,8 +5,8 @@ A sink has ``write(step, metrics)``, ``truncate_after(step)`` and ``close(failed
 Only process 0 opens any. W&B runs offline (into ``WORKDIR/wandb/``, no network) unless an API
 key is set or ``wandb.mode`` says otherwise (an online start says so first, and gives up
 after ``wandb.init_timeout`` seconds, logging offline instead); the run id is kept in
-``WORKDIR/wandb/run_id`` so a resumed training run continues the same W&B run. The API key is read only to pick the mode:
-it is never logged, printed or written.
+``WORKDIR/wandb/run_id`` so a resumed training run continues the same W&B run. The API key
+is read only to pick the mode: it is never logged, printed or written.
 """
 
 from __future__ import annotations

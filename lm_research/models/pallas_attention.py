@@ -14,15 +14,21 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import flash_attention as flash_lib
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_lib
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 from jax.sharding import PartitionSpec as P
 
 from lm_research import sharding
 from lm_research.models.attention_kernels import KERNEL_RESIDUALS, Segments, saving_residuals
 
 BLOCK = 128  # the kernels' tile along queries and keys (lengths must be multiples of it)
+
+
+def _pallas_ops():
+  """JAX's Pallas TPU attention modules (flash, splash kernel, splash masks), imported on first
+  use: they take about a second to import, which CPU runs need not pay."""
+  from jax.experimental.pallas.ops.tpu import flash_attention  # noqa: PLC0415
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: PLC0415
+      splash_attention_kernel, splash_attention_mask)
+  return flash_attention, splash_attention_kernel, splash_attention_mask
 
 
 def _interpreting() -> bool:
@@ -81,6 +87,7 @@ def _heads_major(q_BTNH, k_BSKH, v_BSKH):
 def splash_attention(q_BTNH, k_BSKH, v_BSKH, *, scale: float | None,
                      segments: Segments) -> jax.Array:
   """Splash attention: a static causal (or full) mask and the rows' segment ids, no bias."""
+  _, splash_lib, mask_lib = _pallas_ops()
   scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
   segments = segments if segments.packed else segments.padding_only()
   q_BNTH, k_BNSH, v_BNSH = _heads_major(q_BTNH * jnp.asarray(scale, q_BTNH.dtype), k_BSKH, v_BSKH)
@@ -103,6 +110,7 @@ def splash_attention(q_BTNH, k_BSKH, v_BSKH, *, scale: float | None,
 def flash_attention(q_BTNH, k_BSKH, v_BSKH, *, bias_BNTS, scale: float | None,
                     segments: Segments) -> jax.Array:
   """Flash attention with an additive bias (and its gradient) and the rows' segment ids."""
+  flash_lib, _, _ = _pallas_ops()
   scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
   segments = segments if segments.packed else segments.padding_only()
   # The kernel adds the bias before its scale: scale the queries instead (as T5 does, 1.0).

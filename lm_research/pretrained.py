@@ -5,6 +5,7 @@ and both lists are logged; a parameter whose shape differs is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -62,6 +63,15 @@ def _restore(path: str, **items) -> tuple[Any, str, int]:
     manager.close()
 
 
+def has_checkpoint(path: str) -> bool:
+  """Whether ``path`` holds a native checkpoint (a workdir, checkpoints/ folder or step)."""
+  try:
+    _native_step(path)
+  except ValueError:
+    return False
+  return True
+
+
 def native_config(path: str) -> dict:
   """The experiment config saved with a native checkpoint (its model, data and tokenizer)."""
   return dict(_restore(path, config=ocp.args.JsonRestore())[0].config)
@@ -70,6 +80,31 @@ def native_config(path: str) -> dict:
 def workdir_of(path: str) -> str:
   """The run directory that holds a native checkpoint (where its tokenizer.model lives)."""
   return os.path.dirname(_native_step(path)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Body:
+  """A pretrained body, read once from its path: what it is, its architecture, its tokenizer."""
+
+  path: str
+  hugging_face: bool
+  model: dict  # its ModelConfig fields
+  tokenizer_path: str  # its tokenizer file (SentencePiece) or folder (Hugging Face)
+
+
+def resolve(path: str) -> Body:
+  """The body at ``path`` (a Hugging Face folder, or a native workdir, checkpoints/ folder or
+  step folder), with a one-line error when its tokenizer cannot be found."""
+  if is_hugging_face(path):
+    from lm_research.interop import hf  # noqa: PLC0415  (only when a folder is given)
+    return Body(path, True, hf.read_config(path).to_dict(), path)
+  saved = native_config(path)
+  tokenizer = (saved.get("data", {}).get("tokenizer_path", "")
+               or os.path.join(workdir_of(path), "tokenizer.model"))
+  if not os.path.exists(tokenizer):
+    raise ValueError(f"init_from={path!r} has no tokenizer at {tokenizer}; set "
+                     "data.tokenizer_path to the tokenizer the model was pretrained with")
+  return Body(path, False, dict(saved["model"]), tokenizer)
 
 
 def _native_params(path: str) -> dict:

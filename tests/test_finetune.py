@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import finetune_causal_lm, finetune_classification, finetune_seq2seq, finetune_tagging
-from lm_research import train
+from lm_research import pretrained, train
 
 WORDS = "the a of river stone light house garden window paper music city summer".split()
 CUES = {"positive": ["great", "lovely"], "negative": ["awful", "dreadful"],
@@ -84,7 +84,6 @@ def test_three_class_classification_learns_and_predicts(tmp_path, body, request)
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(c, workdir)
   if body == "hf_bert":  # architecture and vocab.txt came from the folder, into the saved config
-    from lm_research import pretrained  # noqa: PLC0415
     model = pretrained.native_config(workdir)["model"]
     assert (model["family"], model["vocab_size"]) == ("encoder", 30)
     assert c.model.vocab_size == 320  # the caller's config is left as it was
@@ -155,7 +154,7 @@ def test_body_fields_come_from_the_folder_and_run_fields_from_the_config(bert_fo
   from lm_research.tasks import setup  # noqa: PLC0415
   c = task_config(finetune_tagging, "unused", "unused")
   c.model.update(d_model=64, dropout_rate=0.0, pooling="mean")
-  setup.adopt_pretrained(c, bert_folder)
+  setup.adopt_pretrained(c, pretrained.resolve(bert_folder))
   assert (c.model.d_model, c.model.dropout_rate, c.model.pooling) == (32, 0.0, "mean")
   assert c.data.tokenizer_path == bert_folder  # the folder's own vocab.txt
 

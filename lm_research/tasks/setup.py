@@ -29,47 +29,27 @@ RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", 
 TINY_BODIES = {"encoder": "bert_tiny", "decoder": "gpt_tiny", "encoder_decoder": "t5_tiny"}
 
 
-def _pretrained_model(path: str) -> dict:
-  """The pretrained body's ModelConfig fields."""
-  if pretrained.is_hugging_face(path):
-    from lm_research.interop import hf  # noqa: PLC0415
-    return hf.read_config(path).to_dict()
-  return dict(pretrained.native_config(path)["model"])
-
-
-def _pretrained_tokenizer(path: str) -> str:
-  """Where the tokenizer of ``init_from`` is."""
-  if pretrained.is_hugging_face(path):
-    return path
-  saved = pretrained.native_config(path).get("data", {}).get("tokenizer_path", "")
-  found = saved or os.path.join(pretrained.workdir_of(path), "tokenizer.model")
-  if not os.path.exists(found):
-    raise ValueError(f"init_from={path!r} has no tokenizer at {found}; set "
-                     "data.tokenizer_path to the tokenizer the model was pretrained with")
-  return found
-
-
-def _checkpointed(workdir: str) -> bool:
-  """Whether the run's own workdir already holds a checkpoint (a resume, eval or predict)."""
-  try:
-    pretrained.native_config(workdir)
-  except (ValueError, FileNotFoundError):
-    return False
-  return True
-
-
-def adopt_pretrained(config, path: str) -> None:
-  """Sets config.model (but the run's own fields) and data.tokenizer_path from ``path``."""
+def _body(config, workdir: str) -> pretrained.Body:
+  """The run's pretrained body: its own checkpoint when the workdir has one (a resume, eval or
+  predict still works when init_from has moved), else init_from's."""
+  if workdir and pretrained.has_checkpoint(workdir):
+    return pretrained.resolve(workdir)
+  path = config.init_from
   if not os.path.exists(path):
     tiny = TINY_BODIES[config.model.family]
     raise ValueError(f"init_from={path!r} does not exist; pretrain it first (e.g. `python -m "
                      f"lm_research.main --config=configs/{tiny}.py --workdir={path}`) or point "
                      "--config.init_from at a workdir or a Hugging Face folder")
-  for key, value in _pretrained_model(path).items():
+  return pretrained.resolve(path)
+
+
+def adopt_pretrained(config, body: pretrained.Body) -> None:
+  """Sets config.model (but the run's own fields) and data.tokenizer_path from ``body``."""
+  for key, value in body.model.items():
     if key in config.model and key not in RUN_FIELDS:
       config.model[key] = value
   if not config.data.tokenizer_path and config.data.source != "synthetic":
-    config.data.tokenizer_path = _pretrained_tokenizer(path)
+    config.data.tokenizer_path = body.tokenizer_path
 
 
 def _labels(config, workdir: str, field: str, open_split) -> list[str]:
@@ -147,9 +127,7 @@ def prepare(config, workdir: str, open_split) -> list[str] | None:
   if task is not None and task.head is not None:
     config.model.head = task.head
   if config.init_from:
-    # A resumed, evaluated or predicting run reads its own checkpoint's body and tokenizer,
-    # so it still works when init_from has moved.
-    adopt_pretrained(config, workdir if workdir and _checkpointed(workdir) else config.init_from)
+    adopt_pretrained(config, _body(config, workdir))
   elif task is not None:
     logging.warning("init_from is empty: fine-tuning a randomly initialised model.")
   labels = None

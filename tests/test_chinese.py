@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -204,3 +205,12 @@ def test_shipped_chinese_recipes_point_at_the_bundled_data():
       assert os.path.exists(os.path.join(REPO, path)), path
   labels = json.dumps(sorted({t for r in formats.read_conll(NER) for t in r["tags"]}))
   assert labels == json.dumps(["B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O"])
+
+
+def test_without_jieba_whole_words_are_the_tokenizers(zh_tok, monkeypatch, caplog):
+  monkeypatch.setattr(word_segmenter, "_segmenter", [])
+  monkeypatch.setitem(sys.modules, "jieba", None)  # `import jieba` raises ImportError
+  with caplog.at_level(logging.INFO):
+    builder = masked_lm.MlmNspBuilder(zh_tok, max_seq_len=64, whole_word_mask="words")
+  assert not builder.by_words and builder.word_start_table is not None
+  assert any("jieba is not installed" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ tokenizer's own (each Chinese character, and each '▁'-started piece run), as o
 
 from __future__ import annotations
 
+import logging as py_logging
 import re
 from typing import Callable, Sequence
 
@@ -24,7 +25,7 @@ def load_segmenter() -> Callable[[str], list[str]] | None:
   if not _segmenter:
     try:
       import jieba  # noqa: PLC0415  (optional: only whole-word masking by words needs it)
-      jieba.setLogLevel(logging.WARNING)
+      jieba.setLogLevel(py_logging.WARNING)  # not its dictionary-loading chatter
       jieba.initialize()
       _segmenter.append(jieba.lcut)
       logging.info("whole-word masking: words from the jieba segmenter")

@@ -89,21 +89,25 @@ class Body:
   path: str
   hugging_face: bool
   model: dict  # its ModelConfig fields
-  tokenizer_path: str  # its tokenizer file (SentencePiece) or folder (Hugging Face)
+  saved_tokenizer: str  # where its tokenizer should be: a file (SentencePiece) or the folder
+
+  def tokenizer_path(self) -> str:
+    """Its tokenizer, or a one-line error when it is not where the body says."""
+    if not os.path.exists(self.saved_tokenizer):
+      raise ValueError(f"init_from={self.path!r} has no tokenizer at {self.saved_tokenizer}; set "
+                       "data.tokenizer_path to the tokenizer the model was pretrained with")
+    return self.saved_tokenizer
 
 
 def resolve(path: str) -> Body:
-  """The body at ``path`` (a Hugging Face folder, or a native workdir, checkpoints/ folder or
-  step folder), with a one-line error when its tokenizer cannot be found."""
+  """The body at ``path``: a Hugging Face folder, or a native workdir, checkpoints/ folder or
+  step folder."""
   if is_hugging_face(path):
     from lm_research.interop import hf  # noqa: PLC0415  (only when a folder is given)
     return Body(path, True, hf.read_config(path).to_dict(), path)
   saved = native_config(path)
   tokenizer = (saved.get("data", {}).get("tokenizer_path", "")
                or os.path.join(workdir_of(path), "tokenizer.model"))
-  if not os.path.exists(tokenizer):
-    raise ValueError(f"init_from={path!r} has no tokenizer at {tokenizer}; set "
-                     "data.tokenizer_path to the tokenizer the model was pretrained with")
   return Body(path, False, dict(saved["model"]), tokenizer)
 
 

@@ -49,7 +49,7 @@ def adopt_pretrained(config, body: pretrained.Body) -> None:
     if key in config.model and key not in RUN_FIELDS:
       config.model[key] = value
   if not config.data.tokenizer_path and config.data.source != "synthetic":
-    config.data.tokenizer_path = body.tokenizer_path
+    config.data.tokenizer_path = body.tokenizer_path()
 
 
 def _labels(config, workdir: str, field: str, open_split) -> list[str]:

@@ -47,8 +47,13 @@ def _peak_memory(compiled: Any) -> tuple[int, str]:
 
 def run_bench(config: ml_collections.ConfigDict, *, batch_size: int, seq_len: int,
               steps: int = 5, warmup: int = 1, remat: str | None = None,
-              matmul_size: int = 1024, devices: list | None = None) -> dict[str, Any]:
-  """Compiles and times the train step of ``config`` at this shape; returns the results."""
+              matmul_size: int = 1024, devices: list | None = None,
+              hlo_path: str = "") -> dict[str, Any]:
+  """Compiles and times the train step of ``config`` at this shape; returns the results.
+
+  ``hlo_path``: also write the compiled step's HLO text there (bench/gpu.sh looks in it for
+  the fused attention kernel).
+  """
   config = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
   config.data.source = "synthetic"
   config.train.batch_size = batch_size
@@ -70,6 +75,9 @@ def run_bench(config: ml_collections.ConfigDict, *, batch_size: int, seq_len: in
     start = time.perf_counter()
     compiled = train.lower(state, batch).compile()
     compile_time = time.perf_counter() - start
+    if hlo_path:
+      with open(hlo_path, "w") as f:
+        f.write(compiled.as_text())
     # Warm-up runs the same batch: synthetic data makes every batch cost the same.
     for _ in range(warmup):
       state, out = compiled(state, batch)
@@ -140,7 +148,8 @@ def main(argv: Sequence[str]) -> None:
   """Runs the benchmark from the flags and prints the table and the JSON line."""
   del argv
   result = run_bench(_CONFIG.value, batch_size=_BATCH.value, seq_len=_SEQ.value,
-                     steps=_STEPS.value, warmup=_WARMUP.value, remat=_REMAT.value)
+                     steps=_STEPS.value, warmup=_WARMUP.value, remat=_REMAT.value,
+                     hlo_path=_HLO.value)
   result["config"] = config_path_flag() or result["config"]
   emit(result, format_table(result))
 
@@ -171,6 +180,7 @@ if __name__ == "__main__":
   _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compiling")
   _REMAT = flags.DEFINE_enum("remat", None, ["none", "full", "save_dots"],
                              "override model.remat")
+  _HLO = flags.DEFINE_string("hlo_out", "", "write the compiled train step's HLO text here")
   flags.mark_flag_as_required("config")
   hugepages.reexec_with_hugepages()
   app.run(main)

@@ -70,8 +70,9 @@ class ModelConfig:
   # kernels; interpreted elsewhere, slowly); 'auto' = xla on CPU, cudnn on GPU, splash on TPU
   attention_impl: str = "auto"
   # Dropout bits: 'hash' (models/dropout_mask.py, fused elementwise Threefry), 'jax'
-  # (jax.random's partitionable Threefry), 'rbg' / 'unsafe_rbg' (jax.random with the TPU's
-  # hardware generator); 'auto' = hash on CPU, jax on GPU/TPU
+  # (jax.random's partitionable Threefry), 'rbg' / 'unsafe_rbg' (jax.random with XLA's
+  # RngBitGenerator, fastest on TPU; per-shard only with
+  # XLA_FLAGS=--xla_tpu_spmd_rng_bit_generator_unsafe=1); 'auto' = hash on CPU, jax on GPU/TPU
   dropout_impl: str = "auto"
   # Precision of float32 matmuls: 'default' keeps the backend's (TF32 / bf16 passes on
   # GPU/TPU), 'high' or 'highest' asks for more; bfloat16 matmuls are unaffected

@@ -17,7 +17,7 @@ medium="--config=configs/gpt2_small.py --config.model.d_model=1024 --config.mode
 mshape="--batch_size=16 --seq_len=1024"
 bert="--config=configs/bert_base.py" t5="--config=configs/t5_base.py"
 shape512="--batch_size=32 --seq_len=512"
-steps=10 per_run=75
+steps=10 per_run=65
 if [ "${SMOKE:-0}" = 1 ]; then
   medium="--config=configs/gpt_tiny.py" mshape="--batch_size=2 --seq_len=64"
   bert="--config=configs/bert_tiny.py" t5="--config=configs/t5_tiny.py" shape512=$mshape

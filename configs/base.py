@@ -140,7 +140,9 @@ def get_base() -> ml_collections.ConfigDict:
   # trained on the training texts (model.vocab_size pieces at most) when it does not exist
   c.data.tokenizer_path = ""
   c.data.tokenizer_type = "unigram"  # SentencePiece algorithm when training: 'unigram' | 'bpe'
-  c.data.character_coverage = 0.9995  # characters kept as pieces; the rarest fall back to bytes
+  # Share of the text's characters kept as pieces (0.98-1); the rarest fall back to bytes. Lowered
+  # automatically, and logged, when those characters would not fit model.vocab_size (Chinese)
+  c.data.character_coverage = 0.9995
   c.data.worker_count = 0  # Grain worker processes per data shard (0 = threads)
   # Disjoint data streams per global batch; 0 = gcd(batch_size, 8). Runs whose process count
   # divides it see identical batches (a 2-process run matches a 1-process one).

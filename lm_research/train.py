@@ -18,7 +18,9 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lm_research import metrics as flops
 from lm_research import profiling, sharding, tracking, workdir_lock, writers
@@ -52,12 +54,24 @@ def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
 
 @contextlib.contextmanager
 def _sole_writer(workdir: str):
-  """Holds WORKDIR/lock on process 0 for the block (a busy or unwritable workdir raises)."""
-  if jax.process_index() != 0:
+  """Holds WORKDIR/lock on process 0 for the block; a busy or unwritable workdir raises on
+  every process (the others would otherwise wait for process 0 in their first collective)."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.WorkdirLock(workdir).acquire()
+    except ValueError as e:
+      error = e
+  if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(
+      np.int32(error is None)):
+    raise error or ValueError(f"process 0 could not take {workdir}/lock (its log says why)")
+  if error is not None:
+    raise error
+  try:
     yield
-    return
-  with workdir_lock.WorkdirLock(workdir):
-    yield
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -91,10 +91,29 @@ def attention_mask(q_segments_BT, kv_segments_BS, *, causal: bool) -> jax.Array:
   return allowed_BTS[:, None, :, :]
 
 
-def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding in the half-split layout used by LLaMA and Hugging Face."""
-  half = x_BTNH.shape[-1] // 2
+def rope_frequencies(half: int, theta: float,
+                     llama3: tuple[float, float, float, int] | None = None) -> jax.Array:
+  """RoPE's ``half`` inverse wavelengths; ``llama3`` = (factor, low_freq_factor,
+  high_freq_factor, original_max_len) rescales them as Hugging Face's rope_type='llama3'."""
   freq_h = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  if llama3 is None:
+    return freq_h
+  factor, low, high, original = llama3
+  wavelen_h = 2 * math.pi / freq_h
+  # Long wavelengths (beyond original / low) are stretched by factor, short ones (below
+  # original / high) kept; in between, a blend linear in original / wavelength.
+  smooth_h = (original / wavelen_h - low) / (high - low)
+  blended_h = (1 - smooth_h) * freq_h / factor + smooth_h * freq_h
+  return jnp.where(wavelen_h > original / low, freq_h / factor,
+                   jnp.where(wavelen_h < original / high, freq_h, blended_h))
+
+
+def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float,
+               llama3: tuple[float, float, float, int] | None = None) -> jax.Array:
+  """Rotary position embedding in the half-split layout used by LLaMA and Hugging Face
+  (``llama3``: see ``rope_frequencies``)."""
+  half = x_BTNH.shape[-1] // 2
+  freq_h = rope_frequencies(half, theta, llama3)
   angle_BTh = positions_BT[..., None].astype(jnp.float32) * freq_h
   sin, cos = jnp.sin(angle_BTh)[:, :, None, :], jnp.cos(angle_BTh)[:, :, None, :]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
@@ -147,11 +166,15 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     n, k, h, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
     self.num_heads, self.kv_heads, self.head_dim = n, k, h
-    self.query = dense(cfg, d, n * h, ("embed", "heads"), rngs=rngs)
-    self.key = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs)
-    self.value = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs)
+    qkv_bias = cfg.use_bias or cfg.qkv_bias
+    self.query = dense(cfg, d, n * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
+    self.key = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
+    self.value = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
     self.out = dense(cfg, n * h, d, ("heads", "embed"), rngs=rngs)
     self.rope_theta = cfg.rope_theta if cfg.position == "rope" else None
+    self.rope_llama3 = None if cfg.rope_scaling_factor == 1.0 else (
+        cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+        cfg.rope_original_max_len)
     self.scale = cfg.attention_scale
     self.implementation = cfg.attention_impl
 
@@ -170,7 +193,7 @@ class Attention(nnx.Module):
     k_BSKH = self.key(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
     v_BSKH = self.value(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
     if self.rope_theta is not None:
-      k_BSKH = apply_rope(k_BSKH, k_positions_BS, self.rope_theta)
+      k_BSKH = apply_rope(k_BSKH, k_positions_BS, self.rope_theta, self.rope_llama3)
     return k_BSKH, v_BSKH
 
   def attend(self, x_BTD: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *,
@@ -183,7 +206,7 @@ class Attention(nnx.Module):
     q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))
     if self.rope_theta is not None:
-      q_BTNH = apply_rope(q_BTNH, q_positions_BT, self.rope_theta)
+      q_BTNH = apply_rope(q_BTNH, q_positions_BT, self.rope_theta, self.rope_llama3)
     if bias_BNTS is not None:
       bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,

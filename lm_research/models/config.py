@@ -42,6 +42,13 @@ class ModelConfig:
   type_vocab_size: int = 0  # BERT token types (segments A/B); 0 = no token-type embedding
   position: str = "learned"  # 'learned' | 'rope' | 'relative' (T5 buckets)
   rope_theta: float = 10000.0
+  # Llama 3 RoPE scaling (HF rope_type='llama3'): wavelengths longer than
+  # rope_original_max_len / rope_low_freq_factor are stretched by rope_scaling_factor, those
+  # shorter than rope_original_max_len / rope_high_freq_factor kept, the rest blended; 1.0 = off
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
   rel_buckets: int = 32
   rel_max_distance: int = 128
   norm: str = "layernorm"  # 'layernorm' | 'rmsnorm' (T5 / LLaMA, no mean subtraction)
@@ -50,6 +57,7 @@ class ModelConfig:
   activation: str = "gelu"  # 'gelu' (exact erf), 'gelu_tanh', 'relu', 'silu'
   gated_mlp: bool = False  # SwiGLU / gated-GELU: act(x W0) * (x W1)
   use_bias: bool = True
+  qkv_bias: bool = False  # biases on the q/k/v projections even when use_bias=False (Qwen2)
   tie_embeddings: bool = True  # LM head = embedding.attend (T5 rescales by d_model**-0.5)
   attention_scale: float | None = None  # None = 1/sqrt(head_dim); T5 uses 1.0
   head: str = "lm"  # which output head: see HEADS
@@ -111,6 +119,15 @@ class ModelConfig:
                        "encoder_decoder; use 'learned' or 'rope' for a decoder.")
     if self.position == "rope" and self.dim_per_head % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.dim_per_head}.")
+    if self.rope_scaling_factor <= 0 or self.rope_original_max_len <= 0:
+      raise ValueError("model.rope_scaling_factor and model.rope_original_max_len must be "
+                       f"positive, got {self.rope_scaling_factor} and "
+                       f"{self.rope_original_max_len}.")
+    if self.rope_scaling_factor != 1.0 and (
+        not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+      raise ValueError("model.rope_low_freq_factor must be positive and below "
+                       f"model.rope_high_freq_factor, got {self.rope_low_freq_factor} and "
+                       f"{self.rope_high_freq_factor}.")
     if self.head == "pretraining" and self.family != "encoder":
       raise ValueError("model.head='pretraining' (MLM + NSP) exists for the encoder family only.")
     if self.head in ("sequence_classification", "token_classification") and self.num_labels < 1:

@@ -37,6 +37,7 @@ from sentencepiece import sentencepiece_model_pb2
 import tokenizers
 
 from lm_research.data import char_coverage
+from lm_research.data import chat_template
 from lm_research.data import formats
 
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
@@ -235,10 +236,13 @@ class SentencePieceTokenizer(Tokenizer):
 class HuggingFaceTokenizer(Tokenizer):
   """A Hugging Face ``tokenizers`` tokenizer (from tokenizer.json, or a BERT vocab.txt)."""
 
-  def __init__(self, tok: tokenizers.Tokenizer, family: str, where: str = "(tokenizer.json)"):
+  def __init__(self, tok: tokenizers.Tokenizer, family: str, where: str = "(tokenizer.json)",
+               declared: dict[str, int] | None = None):
     self._tok = tok
     self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    self._set_specials(family, tok.token_to_id, {}, where)
+    # ``declared``: the folder's own bos/eos/... (Llama 3's <|end_of_text|>, Qwen2's
+    # <|endoftext|>), which win over guesses by name.
+    self._set_specials(family, tok.token_to_id, declared or {}, where)
     added = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
     wordpiece = isinstance(tok.model, tokenizers.models.WordPiece)
     starts = np.zeros(self.vocab_size, bool)
@@ -316,7 +320,8 @@ def load_tokenizer(path: str, family: str) -> Tokenizer:
       tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises its own exception type on a malformed file
       raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({e})") from None
-    return HuggingFaceTokenizer(tok, family, path)
+    return HuggingFaceTokenizer(tok, family, path,
+                                chat_template.declared_ids(os.path.dirname(path), tok.token_to_id))
   if path.endswith(".txt"):
     return HuggingFaceTokenizer(_wordpiece(path), family, path)
   with open(path, "rb") as f:

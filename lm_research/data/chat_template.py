@@ -1,0 +1,101 @@
+"""Chat templates and special tokens of Hugging Face tokenizer folders (Llama 3, Qwen2.5, ...).
+
+  template = load_chat_template("Qwen2.5-0.5B-Instruct/")
+  text = template.render([{"role": "user", "content": "你好"}], add_generation_prompt=True)
+
+The template (``chat_template.jinja``, else ``tokenizer_config.json``'s ``chat_template``) is
+rendered as transformers' ``apply_chat_template(..., tokenize=False)`` does: a sandboxed jinja2
+environment with trim_blocks / lstrip_blocks and loop controls, its ``tojson`` (no HTML
+escaping, non-ASCII kept), ``raise_exception`` and ``strftime_now``, and the special tokens
+(``bos_token``, ``eos_token``, ...) as variables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
+_ROLES = ("bos", "eos", "unk", "pad")  # the special tokens a template or a decoder may need
+
+
+def _config(folder: Path) -> dict[str, Any]:
+  path = folder / "tokenizer_config.json"
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _text(value: Any) -> str | None:
+  """A token as tokenizer_config.json stores it: a string or an AddedToken dict."""
+  return value.get("content") if isinstance(value, dict) else value
+
+
+def special_tokens(folder: str | Path) -> dict[str, str]:
+  """{'bos_token': '<|begin_of_text|>', 'eos_token': ...} as the folder declares them."""
+  folder = Path(folder)
+  declared = {}
+  for source in (folder / "special_tokens_map.json", folder / "tokenizer_config.json"):
+    if source.is_file():  # tokenizer_config.json wins, as in transformers
+      declared.update(json.loads(source.read_text()))
+  return {f"{role}_token": _text(declared[f"{role}_token"]) for role in _ROLES
+          if _text(declared.get(f"{role}_token"))}
+
+
+def declared_ids(folder: str | Path, token_to_id: Callable[[str], int | None]) -> dict[str, int]:
+  """{'eos': id, ...} of the special tokens the folder declares (they win over name guesses)."""
+  ids = {name.removesuffix("_token"): token_to_id(text)
+         for name, text in special_tokens(folder).items()}
+  return {role: i for role, i in ids.items() if i is not None}
+
+
+def _raise_exception(message: str):
+  raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+  return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                    sort_keys=sort_keys)
+
+
+class ChatTemplate:
+  """A compiled chat template and the special tokens it is rendered with."""
+
+  def __init__(self, source: str, tokens: dict[str, str]):
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+      self._template = env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+      raise ValueError(f"chat_template does not parse as jinja2 (line {e.lineno}: {e.message}); "
+                       "use the tokenizer_config.json that came with the model.") from None
+    self.source = source
+    self.tokens = dict(tokens)
+
+  def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
+             tools: list[dict] | None = None, documents: list[dict] | None = None,
+             **kwargs: Any) -> str:
+    """The conversation as the model saw it in training (+ the assistant's opening if asked)."""
+    return self._template.render(messages=messages, tools=tools, documents=documents,
+                                 add_generation_prompt=add_generation_prompt,
+                                 **{**self.tokens, **kwargs})
+
+
+def load_chat_template(folder: str | Path) -> ChatTemplate:
+  """The chat template of a Hugging Face tokenizer folder, or a one-line error if it has none."""
+  folder = Path(folder)
+  jinja_file = folder / "chat_template.jinja"  # where transformers 5 saves it
+  source = jinja_file.read_text() if jinja_file.is_file() else _config(folder).get("chat_template")
+  if isinstance(source, list):  # named templates: [{'name': 'default', 'template': ...}, ...]
+    source = {t.get("name"): t.get("template") for t in source}.get("default")
+  if not source:
+    raise ValueError(f"{folder} has no chat template (chat_template.jinja, or chat_template in "
+                     "tokenizer_config.json); use an instruction-tuned model's tokenizer folder.")
+  return ChatTemplate(source, special_tokens(folder))

@@ -343,9 +343,9 @@ def test_load_errors(bert_folder, tmp_path):
   folder, _ = bert_folder
   with pytest.raises(ValueError, match="no config.json"):
     hf.load(tmp_path)
-  bad = _copy(folder, tmp_path / "llama")
-  _edit_config(bad, model_type="llama")
-  with pytest.raises(ValueError, match="model_type='llama' is not supported"):
+  bad = _copy(folder, tmp_path / "gemma")
+  _edit_config(bad, model_type="gemma")
+  with pytest.raises(ValueError, match="model_type='gemma' is not supported"):
     hf.load(bad)
   bad = _copy(folder, tmp_path / "qa")
   _edit_config(bad, architectures=["BertForQuestionAnswering"])
@@ -371,9 +371,16 @@ def test_load_errors(bert_folder, tmp_path):
 
 
 def test_save_rejects_what_hf_cannot_represent(tmp_path):
-  llama = ModelConfig(family="decoder", vocab_size=50, d_model=16, num_layers=1, num_heads=2,
-                      d_ff=32, position="rope", norm="rmsnorm", gated_mlp=True,
-                      activation="silu", tie_embeddings=False, use_bias=False)
+  # A RoPE decoder saves as Llama (tests/test_hf_llama.py), but not with LayerNorm, nor as GPT-2.
+  rope = ModelConfig(family="decoder", vocab_size=50, d_model=16, num_layers=1, num_heads=2,
+                     d_ff=32, position="rope", norm="layernorm", gated_mlp=True,
+                     activation="silu", tie_embeddings=False, use_bias=False)
+  model = nnx.eval_shape(lambda: build_model(rope, 0))
+  with pytest.raises(ValueError, match="Cannot save as a Hugging Face llama checkpoint: "
+                     "model.norm='layernorm' has no llama equivalent"):
+    hf.save(model, rope, tmp_path)
   with pytest.raises(ValueError, match="Cannot save as a Hugging Face gpt2 checkpoint"):
-    hf.save(nnx.eval_shape(lambda: build_model(llama, 0)), llama, tmp_path)
+    hf.save(model, rope, tmp_path, model_type="gpt2")
+  with pytest.raises(ValueError, match="model_type='t5'; use one of gpt2, llama, qwen2"):
+    hf.save(model, rope, tmp_path, model_type="t5")
 

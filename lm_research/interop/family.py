@@ -1,4 +1,5 @@
-"""What every Hugging Face family module (bert.py, gpt2.py, t5.py) declares, and shared pieces.
+"""What every Hugging Face family module (bert.py, gpt2.py, t5.py, llama.py) declares, and shared
+pieces.
 
 A family module builds one ``HFFamily``: how its config.json maps to our ModelConfig and back,
 and a table of ``Entry`` rows, one per parameter, saying which checkpoint tensor holds it and
@@ -143,6 +144,9 @@ class HFFamily:
   rescaled_lm_head: Callable[[dict, dict], bool] = lambda hf, tensors: False
   fix_tensors: Callable[[dict], dict] = lambda tensors: tensors  # old spellings, on load
   save_fixups: Callable[[dict, ModelConfig, str], dict] = no_fixups  # class quirks, on save
+  # Which of our configs hf.save writes as this type (Llama vs GPT-2 for a decoder); None:
+  # every config of ``family`` that no other type's ``accepts`` claims.
+  accepts: Callable[[ModelConfig], bool] | None = None
 
   def heads(self) -> list[str]:
     """Our head names this family has an HF class for."""

@@ -1,11 +1,13 @@
-"""Load and save Hugging Face BERT, GPT-2 and T5 folders (config.json + safetensors, never pickle).
+"""Load and save Hugging Face BERT, GPT-2, T5, Llama, Qwen2 and Mistral folders (config.json +
+safetensors, never pickle).
 
   model, cfg = hf.load("bert-base-uncased/")         # head inferred from architectures[0]
   model, cfg = hf.load(path, head="sequence_classification")  # a new head starts fresh
+  model, cfg = hf.load("Qwen2.5-7B/", mesh=mesh)     # each tensor straight into its sharding
   hf.save(model, cfg, "out/")                         # transformers' from_pretrained reads it
 
 Each model type's config and weight-name mapping lives in its own module (bert.py, gpt2.py,
-t5.py, listed in families.py); this module does the files, the checks and the warnings.
+t5.py, llama.py, listed in families.py); this module does the files, the checks and the warnings.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
-from lm_research.interop.families import BY_OUR_FAMILY, FAMILIES, model_type_of
+from lm_research import sharding
+from lm_research.interop.families import FAMILIES, for_saving, model_type_of
 from lm_research.interop.family import HEAD_PARAMS, HFFamily, same
 from lm_research.models import ModelConfig, build_model
-from lm_research.models.layout import flatten, get_params, set_params, unflatten
+from lm_research.models.layout import flatten, get_params, set_params, stack_layers, unflatten
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -168,9 +172,30 @@ def read_config(path: str | Path, head: str | None = None) -> ModelConfig:
   return _read_folder(path, head)[-1]
 
 
+def _place_sharded(model: nnx.Module, params: dict, mesh: Mesh) -> None:
+  """Writes loop-layout host ``params`` into ``model``, each device receiving only its shard."""
+  state = nnx.state(model, nnx.Param)
+  abstract = nnx.to_pure_dict(state)
+  if model.cfg.scan_layers:
+    with jax.default_device(jax.devices("cpu")[0]):  # stack on the host, not on one accelerator
+      params = stack_layers(params)
+  shardings = nnx.to_pure_dict(sharding.param_shardings(mesh, state))
+
+  def place(value, want, where):
+    value = np.asarray(value)
+    return jax.make_array_from_callback(
+        tuple(want.shape), where, lambda index: np.asarray(value[index], want.dtype))
+  nnx.replace_by_pure_dict(state, jax.tree.map(place, params, abstract, shardings))
+  nnx.update(model, state)
+
+
 def load(path: str | Path, head: str | None = None, dtype: str | None = None,
-         scan_layers: bool = False) -> tuple[nnx.Module, ModelConfig]:
-  """Builds the NNX model of a Hugging Face BERT / GPT-2 / T5 folder; returns (model, cfg)."""
+         scan_layers: bool = False, mesh: Mesh | None = None) -> tuple[nnx.Module, ModelConfig]:
+  """Builds the NNX model of a Hugging Face folder; returns (model, cfg).
+
+  With ``mesh``, each parameter goes from the memory-mapped files straight into its FSDP /
+  tensor-parallel sharding (sharding.PARAM_RULES): no device ever holds the whole model.
+  """
   folder, hf, fam, tensors, cfg = _read_folder(path, head)
   head, model_type = cfg.head, fam.model_type
   cfg = cfg.replace(scan_layers=scan_layers,
@@ -218,16 +243,21 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
   model = nnx.eval_shape(lambda: build_model(cfg, 0))
   if jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param))):
     model = build_model(cfg, 0)  # state besides parameters needs real initial values
-  set_params(model, unflatten(params))
+  if mesh is None:
+    set_params(model, unflatten(params))
+  else:
+    _place_sharded(model, unflatten(params), mesh)
   return model, cfg
 
 
-def save(model: nnx.Module, cfg: ModelConfig, path: str | Path) -> None:
-  """Writes config.json and model.safetensors that transformers loads with the same outputs."""
-  if cfg.family not in BY_OUR_FAMILY:
-    raise ValueError(f"Cannot save model.family={cfg.family!r} as a Hugging Face checkpoint; "
-                     "save a native checkpoint instead.")
-  fam = BY_OUR_FAMILY[cfg.family]
+def save(model: nnx.Module, cfg: ModelConfig, path: str | Path,
+         model_type: str | None = None) -> None:
+  """Writes config.json and model.safetensors that transformers loads with the same outputs.
+
+  ``model_type``: the HF type to write (e.g. 'mistral'); None picks it from ``cfg``
+  (families.for_saving: a RoPE decoder is Llama, or Qwen2 with q/k/v-only biases).
+  """
+  fam = for_saving(cfg, model_type)
   hf = fam.config_to_hf(cfg)
   arch = hf["architectures"][0]
   params = flatten(get_params(model))

@@ -262,6 +262,62 @@ class Checkpointer:
       if "tmp" in name:
         logging.warning("Skipping incomplete checkpoint %s (a save was interrupted).",
                         os.path.join(self.directory, name))
+# ------------------------------------------------- reading a checkpoint without a training run
+
+
+def latest_step(path: str) -> tuple[str, int]:
+  """(checkpoints directory, step) of a workdir, its checkpoints/ folder or one step folder."""
+  if not os.path.exists(path):
+    raise ValueError(f"{path!r} does not exist; give a workdir, a checkpoint or a Hugging Face "
+                     "folder (config.json + *.safetensors).")
+  directory = os.path.abspath(path)
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  if os.path.basename(directory).isdigit() and os.path.isdir(os.path.join(directory, "state")):
+    return os.path.dirname(directory), int(os.path.basename(directory))
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  if not steps:
+    raise ValueError(f"{path!r} holds no checkpoint; point it at a workdir, its checkpoints/ "
+                     "folder, a step folder, or a Hugging Face folder.")
+  return directory, max(steps)
+
+
+def _read_latest(path: str, **items) -> tuple[Any, str, int]:
+  """(restored items, checkpoints directory, step) of the latest step at ``path``."""
+  directory, step = latest_step(path)
+  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items)), directory, step
+  finally:
+    manager.close()
+
+
+def read_config(path: str) -> dict:
+  """The resolved experiment config saved with the latest checkpoint at ``path``."""
+  return dict(_read_latest(path, config=ocp.args.JsonRestore())[0].config)
+
+
+def _plain(tree: Any) -> Any:
+  """Orbax's raw view of an nnx.State -> plain dict: {'value': x} leaves, '0' keys -> 0."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+      return tree["value"]
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _plain(v)
+            for k, v in tree.items()}
+  return tree
+
+
+def read_params(path: str) -> dict:
+  """The parameters of the latest checkpoint at ``path`` as a plain tree (layers as saved):
+  the moving average of the weights when the run kept one (train.ema_decay), the weights it
+  evaluated with, else the trained weights."""
+  restored, directory, step = _read_latest(path, state=ocp.args.StandardRestore())
+  logging.info("read parameters of checkpoint %s/%d", directory, step)
+  averages = [part["params_ema"] for part in restored.state.get("opt_state") or []
+              if isinstance(part, dict) and "params_ema" in part]
+  return _plain(averages[0] if averages else restored.state["params"])
+
+
 class PreemptionFlag:
   """Set by SIGTERM; the loop checks it at each step boundary, saves and exits cleanly."""
 

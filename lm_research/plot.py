@@ -12,7 +12,6 @@ Each written path is printed, one per line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -132,75 +131,48 @@ def _all_positive(runs, key) -> bool:
 # ----------------------------------------------------------------------------- attention maps
 
 
-def attention_probabilities(q_BTNH, k_BSKH, *, mask_B1TS=None, bias_BNTS=None,
-                            scale: float | None = None) -> np.ndarray:
-  """softmax(q k^T * scale + bias) under the mask, (B, N, T, S): the weights the model's
-  attention applies (query head n reads kv head n // (N / K))."""
-  q = np.asarray(q_BTNH, np.float32)
-  k = np.asarray(k_BSKH, np.float32)
-  n, kv = q.shape[2], k.shape[2]
-  k = np.repeat(k, n // kv, axis=2)
-  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-  logits = np.einsum("btnh,bsnh->bnts", q, k) * scale
-  if bias_BNTS is not None:
-    logits = logits + np.asarray(bias_BNTS, np.float32)
-  if mask_B1TS is not None:
-    logits = np.where(np.asarray(mask_B1TS), logits, -np.inf)
-  logits = logits - np.max(logits, axis=-1, keepdims=True)
-  weights = np.exp(logits)
-  return weights / np.sum(weights, axis=-1, keepdims=True)
-
-
-@contextlib.contextmanager
-def recording_attention():
-  """Within the block, every attention call also appends its (B, N, T, S) weights to the
-  yielded list; the model's own computation and outputs are untouched."""
-  from lm_research.models import attention  # noqa: PLC0415  (JAX only when drawing attention)
-  original = attention.dot_product_attention
-  recorded: list[np.ndarray] = []
-
-  def recorder(q_BTNH, k_BSKH, v_BSKH, *, mask_B1TS=None, bias_BNTS=None, scale=None,
-               implementation="xla", causal=False):
-    recorded.append(attention_probabilities(q_BTNH, k_BSKH, mask_B1TS=mask_B1TS,
-                                            bias_BNTS=bias_BNTS, scale=scale))
-    return original(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                    scale=scale, implementation=implementation, causal=causal)
-
-  attention.dot_product_attention = recorder
-  try:
-    yield recorded
-  finally:
-    attention.dot_product_attention = original
-
-
 def attention_maps(model, ids: Sequence[int]) -> np.ndarray:
   """(L, N, T, T) self-attention weights of each layer and head for one token sequence (an
-  encoder-decoder's encoder layers). Runs eagerly: the model must not scan its layers."""
-  import jax.numpy as jnp  # noqa: PLC0415
+  encoder-decoder's encoder layers), as the attention modules sow them (models/attention.py).
+  Runs eagerly: the model must not scan its layers."""
+  import jax.numpy as jnp  # noqa: PLC0415  (JAX only when drawing attention)
+  from flax import nnx  # noqa: PLC0415
+
+  from lm_research.models.attention import Attention  # noqa: PLC0415
+  # Self-attention only: the modules named 'attn' (cross-attention is 'cross_attn').
+  recorders = [m for path, m in nnx.iter_graph(model)
+               if isinstance(m, Attention) and path and path[-1] == "attn"]
   ids_1T = jnp.asarray([list(ids)], jnp.int32)
-  with recording_attention() as recorded:
-    if model.cfg.family == "encoder_decoder":
-      model.encode(ids_1T)
-    else:
-      model(ids_1T)
-  return np.stack([weights[0] for weights in recorded])
+  run = (lambda m: m.encode(ids_1T)) if model.cfg.family == "encoder_decoder" else (
+      lambda m: m(ids_1T))
+  for m in recorders:
+    m.record_weights = True
+  try:
+    _, sown = nnx.capture(run, nnx.Intermediate)(model)
+  finally:
+    for m in recorders:
+      m.record_weights = False
+  # One (weights,) tuple per layer, under paths that differ only in the layer index.
+  sown_by_path = dict(nnx.to_flat_state(sown))
+  layer_order = sorted(sown_by_path, key=lambda path: [str(x).zfill(6) for x in path])
+  return np.stack([np.asarray(sown_by_path[path].get_value()[0][0]) for path in layer_order])
 
 
 def _model_config_dict(workdir: str, config) -> dict:
-  """The run's config: --config if given, else WORKDIR/config.json, else its last checkpoint's."""
+  """The run's resolved config: --config if given, else WORKDIR/config.json, else the one saved
+  with its latest checkpoint."""
+  from lm_research import checkpointing  # noqa: PLC0415  (Orbax only when reading a checkpoint)
   if config is not None:
     return config.to_dict()
   path = os.path.join(workdir, "config.json")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not os.path.isfile(path) and os.path.isdir(checkpoints):
-    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-    if steps:  # Orbax's JsonSave of the resolved config, beside the state
-      path = os.path.join(checkpoints, str(steps[-1]), "config", "metadata")
-  if not os.path.isfile(path):
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  try:
+    return checkpointing.read_config(workdir)
+  except ValueError:
     raise ValueError(f"{workdir} has no config.json and no checkpoint; train there first or "
-                     "pass --config=configs/NAME.py.")
-  with open(path) as f:
-    return json.load(f)
+                     "pass --config=configs/NAME.py.") from None
 
 
 def load_trained_model(workdir: str, config=None):
@@ -221,11 +193,12 @@ def _inspection_config(c: dict):
 
 def _restore(workdir: str, model_cfg):
   """The model with WORKDIR's latest parameters, built from shapes alone (no random init)."""
-  from lm_research import pretrained  # noqa: PLC0415
-  from lm_research.models import build_model, layout  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
+
+  from lm_research import checkpointing  # noqa: PLC0415
+  from lm_research.models import build_model, layout  # noqa: PLC0415
   model = nnx.eval_shape(lambda: build_model(model_cfg, 0))  # shapes only: no random init
-  layout.set_params(model, pretrained._native_params(workdir))  # noqa: SLF001
+  layout.set_params(model, layout.unstack_layers(checkpointing.read_params(workdir)))
   return model
 
 

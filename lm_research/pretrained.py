@@ -11,23 +11,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from lm_research import checkpointing
 from lm_research.models.config import ModelConfig
 from lm_research.models.layout import (flatten, get_params, set_params, unflatten,
                                        unstack_layers)
-
-
-def _strip_variables(tree: Any) -> Any:
-  """Orbax's raw view of an nnx.State -> plain dict: {'value': x} leaves, '0' keys -> 0."""
-  if isinstance(tree, dict):
-    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
-      return tree["value"]
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _strip_variables(v)
-            for k, v in tree.items()}
-  return tree
 
 
 def is_hugging_face(path: str) -> bool:
@@ -36,50 +26,13 @@ def is_hugging_face(path: str) -> bool:
           and not os.path.isdir(os.path.join(path, "checkpoints")))
 
 
-def _native_step(path: str) -> tuple[str, int]:
-  """(checkpoints directory, step) of a workdir, its checkpoints/ folder or a step folder."""
-  if not os.path.exists(path):
-    raise ValueError(f"init_from={path!r} does not exist; give a workdir, a checkpoint or a "
-                     "Hugging Face folder (config.json + *.safetensors).")
-  directory = os.path.abspath(path)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
-  if os.path.basename(directory).isdigit() and os.path.isdir(os.path.join(directory, "state")):
-    return os.path.dirname(directory), int(os.path.basename(directory))
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
-  if not steps:
-    raise ValueError(f"init_from={path!r} holds no checkpoint; point it at a workdir, its "
-                     "checkpoints/ folder, a step folder, or a Hugging Face folder.")
-  return directory, max(steps)
-
-
-def _restore(path: str, **items) -> tuple[Any, str, int]:
-  """(restored items, checkpoints directory, step) of a native checkpoint's latest step."""
-  directory, step = _native_step(path)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
-  try:
-    return manager.restore(step, args=ocp.args.Composite(**items)), directory, step
-  finally:
-    manager.close()
-
-
 def has_checkpoint(path: str) -> bool:
   """Whether ``path`` holds a native checkpoint (a workdir, checkpoints/ folder or step)."""
   try:
-    _native_step(path)
+    checkpointing.latest_step(path)
   except ValueError:
     return False
   return True
-
-
-def native_config(path: str) -> dict:
-  """The experiment config saved with a native checkpoint (its model, data and tokenizer)."""
-  return dict(_restore(path, config=ocp.args.JsonRestore())[0].config)
-
-
-def workdir_of(path: str) -> str:
-  """The run directory that holds a native checkpoint (where its tokenizer.model lives)."""
-  return os.path.dirname(_native_step(path)[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,20 +58,11 @@ def resolve(path: str) -> Body:
   if is_hugging_face(path):
     from lm_research.interop import hf  # noqa: PLC0415  (only when a folder is given)
     return Body(path, True, hf.read_config(path).to_dict(), path)
-  saved = native_config(path)
+  saved = checkpointing.read_config(path)
+  workdir = os.path.dirname(checkpointing.latest_step(path)[0])
   tokenizer = (saved.get("data", {}).get("tokenizer_path", "")
-               or os.path.join(workdir_of(path), "tokenizer.model"))
+               or os.path.join(workdir, "tokenizer.model"))
   return Body(path, False, dict(saved["model"]), tokenizer)
-
-
-def _native_params(path: str) -> dict:
-  """Parameters of the latest step of a native checkpoint (workdir, checkpoints/ or step dir)."""
-  restored, directory, step = _restore(path, state=ocp.args.StandardRestore())
-  logging.info("init_from: native checkpoint %s/%d", directory, step)
-  # A run with train.ema_decay hands on its moving average, the weights it evaluated with.
-  averages = [part["params_ema"] for part in restored.state.get("opt_state") or []
-              if isinstance(part, dict) and "params_ema" in part]
-  return unstack_layers(_strip_variables(averages[0] if averages else restored.state["params"]))
 
 
 def _source_params(path: str) -> dict:
@@ -127,7 +71,7 @@ def _source_params(path: str) -> dict:
     from lm_research.interop import hf  # noqa: PLC0415  (torch-free, but only needed here)
     model, _ = hf.load(path)
     return get_params(model)
-  return _native_params(path)
+  return unstack_layers(checkpointing.read_params(path))
 
 
 def merge_params(target: dict, source: dict) -> tuple[dict, list[str], list[str]]:

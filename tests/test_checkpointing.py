@@ -15,9 +15,9 @@ from absl import logging
 from flax import nnx
 
 from configs import bert_tiny, gpt_tiny
-from lm_research import pretrained, sharding, train, writers
+from lm_research import checkpointing, pretrained, sharding, train, writers
 from lm_research.checkpointing import Checkpointer
-from lm_research.models.layout import get_params
+from lm_research.models.layout import get_params, unstack_layers
 from lm_research.optim import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +154,7 @@ def test_init_from_loads_body_into_new_head(tmp_path, caplog):
     fresh_params = get_params(nnx.merge(graphdef, fresh.params))
     loaded = pretrained.load_into(workdir, graphdef, fresh.params, exp.model_cfg)
   loaded_params = get_params(nnx.merge(graphdef, loaded))
-  source = pretrained._native_params(workdir)  # pylint: disable=protected-access
+  source = unstack_layers(checkpointing.read_params(workdir))
   np.testing.assert_array_equal(loaded_params["embeddings"]["token"]["embedding"],
                                 source["embeddings"]["token"]["embedding"])
   assert not np.array_equal(loaded_params["embeddings"]["token"]["embedding"],
@@ -185,7 +185,7 @@ def test_ema_run_hands_on_its_average_and_starts_from_init_from(tmp_path):
   ckpt.close()
   average = get_params(nnx.merge(graphdef, state.opt_state[-1].params_ema))
   weights = get_params(nnx.merge(graphdef, state.params))
-  loaded = pretrained._native_params(body)  # pylint: disable=protected-access
+  loaded = unstack_layers(checkpointing.read_params(body))
   token = ("embeddings", "token", "embedding")
   pick = lambda tree: tree[token[0]][token[1]][token[2]]  # noqa: E731
   np.testing.assert_array_equal(pick(loaded), pick(average))

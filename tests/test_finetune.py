@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import finetune_causal_lm, finetune_classification, finetune_seq2seq, finetune_tagging
-from lm_research import pretrained, train
+from lm_research import checkpointing, pretrained, train
 
 WORDS = "the a of river stone light house garden window paper music city summer".split()
 CUES = {"positive": ["great", "lovely"], "negative": ["awful", "dreadful"],
@@ -84,7 +84,7 @@ def test_three_class_classification_learns_and_predicts(tmp_path, body, request)
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(c, workdir)
   if body == "hf_bert":  # architecture and vocab.txt came from the folder, into the saved config
-    model = pretrained.native_config(workdir)["model"]
+    model = checkpointing.read_config(workdir)["model"]
     assert (model["family"], model["vocab_size"]) == ("encoder", 30)
     assert c.model.vocab_size == 320  # the caller's config is left as it was
   assert metrics["eval/accuracy"] >= 0.9 and metrics["eval/f1"] >= 0.9

@@ -12,6 +12,7 @@ from test_tracking import trained_run
 
 from lm_research import plot
 from lm_research.data import tokenizer
+from lm_research.models.softmax_attention import attention_weights
 
 PNG = b"\x89PNG"
 
@@ -87,14 +88,11 @@ def test_attention_weights_match_jax_dot_product_attention():
   bias = rng.normal(size=(2, 4, 5, 5)).astype(np.float32)
   mask = np.tril(np.ones((5, 5), bool))[None, None] & np.array(
       [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)[:, None, None, :]
-  weights = plot.attention_probabilities(q, k, mask_B1TS=mask, bias_BNTS=bias, scale=0.3)
+  weights = attention_weights(q, k, mask_B1TS=mask, bias_BNTS=bias, scale=0.3)
   expected = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=0.3)
   got = np.einsum("bnts,bsnh->btnh", weights, np.repeat(v, 2, axis=2))
   np.testing.assert_allclose(got, expected, atol=1e-5)
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
-  default = plot.attention_probabilities(q, k)  # scale 1/sqrt(head_dim), no mask
-  np.testing.assert_allclose(
-      default[0, 0, 0], jax.nn.softmax(q[0, :1, 0] @ k[0, :, 0].T / np.sqrt(8))[0], atol=1e-6)
 
 
 def test_attention_of_the_trained_run(run, line_tokenizer, tmp_path, capsys):
@@ -106,13 +104,18 @@ def test_attention_of_the_trained_run(run, line_tokenizer, tmp_path, capsys):
   assert model.cfg.num_layers == 2 and not model.cfg.scan_layers
   ids = tokenizer.load_tokenizer(line_tokenizer, "decoder").encode(sentence)
   before = model(jnp.asarray([ids])).logits
-  with plot.recording_attention() as recorded:
-    np.testing.assert_array_equal(model(jnp.asarray([ids])).logits, before)
-  from lm_research.models import attention
-  assert attention.dot_product_attention.__name__ == "dot_product_attention"  # restored
   maps = plot.attention_maps(model, ids)
-  np.testing.assert_array_equal(maps, np.stack([w[0] for w in recorded]))
+  np.testing.assert_array_equal(model(jnp.asarray([ids])).logits, before)  # model untouched
   assert maps.shape == (2, 2, len(ids), len(ids))  # layers x heads x T x T
+  # Layer 0's weights again from its own projections: softmax(q k^T / sqrt(H)), causal.
+  x = model.embeddings(jnp.asarray([ids]), jnp.arange(len(ids))[None], None, None)
+  block = model.stack.layers.blocks[0]
+  h = block.attn_norm(x)
+  q = block.attn.query(h).reshape(1, len(ids), 2, -1)
+  k = block.attn.key(h).reshape(1, len(ids), 2, -1)
+  logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(np.tril(np.ones((len(ids), len(ids)), bool)), logits, -np.inf)
+  np.testing.assert_allclose(maps[0], jax.nn.softmax(logits, -1)[0], atol=1e-5)
   np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
   assert np.abs(np.triu(maps, 1)).max() == 0.0  # a decoder looks back only
 

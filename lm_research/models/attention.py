@@ -17,7 +17,7 @@ from lm_research.models import attention_kernels, pallas_attention
 from lm_research.models.attention_kernels import Segments
 from lm_research.models.config import ModelConfig
 from lm_research.models.layers import dense, normal_init
-from lm_research.models.softmax_attention import softmax_attention
+from lm_research.models.softmax_attention import attention_weights, softmax_attention
 
 # The name remat policies use to keep the attention output (models/blocks.py: 'save_dots').
 ATTENTION_OUT = "attention_out"
@@ -177,6 +177,9 @@ class Attention(nnx.Module):
         cfg.rope_original_max_len)
     self.scale = cfg.attention_scale
     self.implementation = cfg.attention_impl
+    # Set by inspection code (plot.py) only: each call then sows its (B, N, T, S) weights as
+    # an nnx.Intermediate named 'attention_weights'.
+    self.record_weights = False
 
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
                bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
@@ -209,6 +212,10 @@ class Attention(nnx.Module):
       q_BTNH = apply_rope(q_BTNH, q_positions_BT, self.rope_theta, self.rope_llama3)
     if bias_BNTS is not None:
       bias_BNTS = bias_BNTS.astype(q_BTNH.dtype)
+    if self.record_weights:
+      scale = self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
+      self.sow(nnx.Intermediate, "attention_weights", attention_weights(
+          q_BTNH, k_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS, scale=scale))
     o_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS,
                                    bias_BNTS=bias_BNTS, scale=self.scale,
                                    implementation=self.implementation, causal=causal,

@@ -27,6 +27,15 @@ def _probabilities(q_BNTH, k_BNSH, mask_B1TS, bias_BNTS, scale):
   return jax.nn.softmax(logits_BNTS, axis=-1)
 
 
+def attention_weights(q_BTNH, k_BSKH, *, mask_B1TS=None, bias_BNTS=None,
+                      scale: float) -> jax.Array:
+  """The (B, N, T, S) weights ``softmax_attention`` applies to the values (query head n reads
+  key head n // (N / K)); for inspection (plots), never on the training path."""
+  k_BSNH = jnp.repeat(k_BSKH, q_BTNH.shape[2] // k_BSKH.shape[2], axis=2)
+  return _probabilities(jnp.swapaxes(q_BTNH, 1, 2), jnp.swapaxes(k_BSNH, 1, 2), mask_B1TS,
+                        bias_BNTS, scale)
+
+
 # Inside the custom VJP every array is heads-major (B, N, T, H): each matmul then has its batch
 # axes first, as XLA's CPU dots need, instead of transposing its operands again.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))

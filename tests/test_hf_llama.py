@@ -2,6 +2,7 @@
 models; and a tokenizer folder's special tokens and chat template against apply_chat_template."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -10,12 +11,14 @@ import tokenizers
 import torch
 import transformers
 from flax import nnx
+from safetensors.torch import save_file
 
-from lm_research import sharding
+from lm_research import decoding, sharding
 from lm_research.data import chat_template
 from lm_research.data.tokenizer import load_tokenizer
 from lm_research.decoding import DecodeConfig, generate
 from lm_research.interop import hf
+from lm_research.models.layout import get_params
 
 TOL = 1e-4
 _SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -36,6 +39,15 @@ CASES = {
         num_key_value_heads=2, sliding_window=None, head_dim=8)),
 }
 _apply = nnx.jit(lambda model, ids, mask: model(ids, attention_mask=mask).logits)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+  """Cheaper compiles for the searches (as tests/test_decoding.py): tiny models compile slowly."""
+  fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+  saved, decoding.api.COMPILER_OPTIONS = decoding.api.COMPILER_OPTIONS, fast
+  yield
+  decoding.api.COMPILER_OPTIONS = saved
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -100,17 +112,47 @@ def test_greedy_generation_matches_transformers(case):
   np.testing.assert_array_equal(np.asarray(got.tokens), want[:, 5:].numpy())
 
 
-def test_load_onto_fsdp_mesh(case):
-  """mesh=: every parameter arrives in its FSDP x tensor sharding, same logits."""
-  name, _, folder, _, _, ids, mask, ref = case
+def test_load_onto_fsdp_mesh(case, tmp_path):
+  """mesh=: every parameter arrives in its FSDP x tensor sharding, same logits; a bfloat16
+  checkpoint too (cast shard by shard), scanned layers too."""
+  name, theirs, folder, model, _, ids, mask, ref = case
   if name != "llama":
     pytest.skip("one sharded load is enough")
   mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2))
-  model, _ = hf.load(folder, mesh=mesh)
-  emb = model.embeddings.token.embedding[...]
+  sharded, _ = hf.load(folder, mesh=mesh)
+  emb = sharded.embeddings.token.embedding[...]
   assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
   assert emb.addressable_shards[0].data.shape == (48, 8)
-  assert _delta(_apply(model, ids, mask), ref, mask) <= TOL
+  assert _delta(_apply(sharded, ids, mask), ref, mask) <= TOL
+  save_file({k: v.to(torch.bfloat16).contiguous() for k, v in theirs.state_dict().items()},
+            str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+  shutil.copy(folder / "config.json", tmp_path / "config.json")
+  scanned, cfg = hf.load(tmp_path, mesh=mesh, scan_layers=True)
+  assert cfg.scan_layers and scanned.stack.layers.blocks.attn.query.kernel[...].sharding.spec == (
+      jax.sharding.PartitionSpec(None, "fsdp", "tensor"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-6),
+               get_params(scanned), get_params(model))
+
+
+def _write_config(folder, model_type, **change):
+  """A config.json (and an empty safetensors file) that read_config parses without weights."""
+  hf_cfg = {"model_type": model_type, "hidden_size": 32, "num_attention_heads": 4,
+            "num_hidden_layers": 1, "intermediate_size": 40, "vocab_size": 96,
+            "max_position_embeddings": 128, **change}
+  (folder / "config.json").write_text(json.dumps(hf_cfg))
+  (folder / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+
+
+def test_transformers_4_rope_fields(tmp_path):
+  """Llama 3.1's config.json as published: rope_theta and rope_scaling, no rope_parameters."""
+  _write_config(tmp_path, "llama", rope_theta=500000.0, rope_scaling={
+      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192, "rope_type": "llama3"}, head_dim=None,
+      num_key_value_heads=2, tie_word_embeddings=False)
+  cfg = hf.read_config(tmp_path)
+  assert (cfg.rope_theta, cfg.rope_scaling_factor, cfg.rope_low_freq_factor,
+          cfg.rope_high_freq_factor, cfg.rope_original_max_len) == (5e5, 8.0, 1.0, 4.0, 8192)
+  assert (cfg.dim_per_head, cfg.kv_heads, cfg.tie_embeddings) == (8, 2, False)
 
 
 @pytest.mark.parametrize("model_type, change, message", [
@@ -124,11 +166,7 @@ def test_load_onto_fsdp_mesh(case):
      "sliding_window=16 is below"),
 ])
 def test_unsupported_fields_fail_in_one_line(model_type, change, message, tmp_path):
-  hf_cfg = {"model_type": model_type, "hidden_size": 32, "num_attention_heads": 4,
-            "num_hidden_layers": 1, "intermediate_size": 40, "vocab_size": 96,
-            "max_position_embeddings": 128, **change}
-  (tmp_path / "config.json").write_text(json.dumps(hf_cfg))
-  (tmp_path / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+  _write_config(tmp_path, model_type, **change)
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
     hf.read_config(tmp_path)
   assert "\n" not in str(e.value)

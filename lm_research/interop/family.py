@@ -39,14 +39,15 @@ class Entry:
   rescale: bool = False  # times d_model ** -0.5: a T5 LM head that HF rescales but does not tie
 
   def to_ours(self, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """The checkpoint tensor ``x`` as our parameter."""
-    x = np.asarray(x, np.float32)
+    """The checkpoint tensor ``x`` as our parameter, in its stored dtype: a view of the
+    memory-mapped file where possible, cast only when placed on devices (shard by shard)."""
+    x = np.asarray(x)
     if self.fused_third is not None and x.shape[-1] % 3 == 0:
       third = x.shape[-1] // 3
       x = x[..., self.fused_third * third:(self.fused_third + 1) * third]
     if self.transpose:
       x = x.T
-    return x * np.float32(cfg.d_model ** -0.5) if self.rescale else x
+    return x.astype(np.float32) * np.float32(cfg.d_model ** -0.5) if self.rescale else x
 
   def to_hf(self, value: np.ndarray) -> np.ndarray:
     """Our parameter as the checkpoint stores it (fused thirds are joined by the caller)."""

@@ -238,3 +238,15 @@ def test_command_line_trains_a_model(tmp_path):
   assert "500 ids for the encoder family" in result.stdout
   tok = tk.load_tokenizer(f"{out}.model", "encoder")
   assert tok.mask_id == 4 and tok.vocab_size == 500
+
+
+def test_text_without_spaces_still_round_trips_spaces(tmp_path):
+  """A model trained on Chinese alone (no space anywhere) keeps '▁' and ASCII as pieces: a
+  space decodes as a space, not as the '▁' of three byte pieces."""
+  assert " " not in CHINESE
+  tok = tk.train_sentencepiece([CHINESE] * 50, str(tmp_path / "zh"), vocab_size=800,
+                               family="encoder")
+  for text in ["hello world", "１９９８ 1998", "混合 text 和 spaces  here"]:
+    assert tok.decode(tok.encode(text)) == text
+  assert tok.id_to_piece(tok.encode(" ")[0]) == "\u2581" and len(tok.encode(" ")) == 1
+  assert not any(tok.id_to_piece(i).startswith("<0x") for i in tok.encode("hello world"))

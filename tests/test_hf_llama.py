@@ -164,6 +164,8 @@ def test_transformers_4_rope_fields(tmp_path):
      "is not supported"),
     ("qwen2", {"use_sliding_window": True, "sliding_window": 16}, "config.json "
      "sliding_window=16 is below"),
+    ("qwen2", {"quantization_config": {"quant_method": "awq"}}, "config.json "
+     "quantization_config (awq) is not supported"),
 ])
 def test_unsupported_fields_fail_in_one_line(model_type, change, message, tmp_path):
   _write_config(tmp_path, model_type, **change)

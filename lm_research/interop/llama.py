@@ -78,6 +78,10 @@ def _config_from_hf(model_type: str):
     """Our LLaMA-style decoder ModelConfig for a Llama / Qwen2 / Mistral config.json."""
     del tensors
     _check_window(hf, model_type)
+    quantized = hf.get("quantization_config")
+    f.reject(quantized is not None, "quantization_config ("
+             f"{(quantized or {}).get('quant_method', 'unknown')}) is not supported; load the "
+             "unquantized float16 / bfloat16 checkpoint.")
     f.reject(hf.get("pretraining_tp", 1) not in (1, None),
              f"pretraining_tp={hf.get('pretraining_tp')} is not supported; only 1 loads.")
     d, n = hf["hidden_size"], hf["num_attention_heads"]

@@ -27,26 +27,16 @@ FORMAT_VERSION = 3  # 3: blank lines separate .txt documents
 HOLDOUT_EVERY = 20
 
 
-# Tagging tokens and tags are stored tab-joined, one string per field: a CoNLL token or tag
-# cannot hold a tab, and one string is several times faster to write and read than TFDS's
-# sequence of strings (46k Brown sentences: 35 s → 5 s to prepare). ``Source`` splits them.
-TAB_JOINED = {"tagging": ("tokens", "tags")}
-
-
 def features(kind: str) -> tfds.features.FeaturesDict:
-  """The stored features of each record kind (labels and tags as strings)."""
+  """The stored features of a record kind: every field one string (labels and tags too; list
+  fields tab-joined, see formats.RecordKind.tab_joined, which ``Source`` splits again)."""
   text = tfds.features.Text()
-  return tfds.features.FeaturesDict({
-      "text": {"text": text},
-      "classification": {"text": text, "text_b": text, "label": text},
-      "tagging": {"tokens": text, "tags": text},
-      "seq2seq": {"input": text, "target": text},
-  }[formats.check_kind(kind)])
+  return tfds.features.FeaturesDict({f: text for f in formats.record_kind(kind).fields})
 
 
 def _stored(kind: str, record: dict) -> dict:
-  """A record as stored: tagging fields tab-joined."""
-  joined = TAB_JOINED.get(kind, ())
+  """A record as stored: list fields tab-joined."""
+  joined = formats.record_kind(kind).tab_joined
   return {k: "\t".join(v) if k in joined else v for k, v in record.items()}
 
 
@@ -78,7 +68,7 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, kind: str, train_files: Sequence[str], eval_files: Sequence[str],
                data_dir: str):
-    self.kind = formats.check_kind(kind)
+    self.kind = formats.record_kind(kind).name
     self.train_files, self.eval_files = list(train_files), list(eval_files)
     name = f"{kind}-{fingerprint(kind, self.train_files, self.eval_files)}"
     config = tfds.core.BuilderConfig(name=name, version=self.VERSION,
@@ -96,7 +86,7 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return {"train": self._generate_examples(self.train_files, None),
               "eval": self._generate_examples(self.eval_files, None)}
     n = sum(1 for _ in formats.iter_records(self.kind, self.train_files))
-    unit = formats.UNITS[self.kind]
+    unit = formats.record_kind(self.kind).unit
     if n == 1 and self.kind == "text":
       logging.info("data.eval_path is empty and there is one document: its last lines are the "
                    "eval split")
@@ -123,7 +113,7 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         yield key, _stored(self.kind, record)
         key += 1
     if key == 0:
-      raise ValueError(f"no {formats.UNITS[self.kind]} in {', '.join(files[:3])}; check the data")
+      raise ValueError(f"no {formats.record_kind(self.kind).unit} in {', '.join(files[:3])}; check the data")
 
   def _split_lines(self, eval_part: bool) -> Iterator[tuple[int, dict]]:
     """One document split into train (first lines) and eval (the last 1/20 of lines, at least 1)."""

@@ -3,7 +3,7 @@
 ``open_source(config.data, 'train' | 'eval', workdir)`` reads either a TFDS catalog dataset
 (``data.source='lm1b'``, ``'glue/sst2'``, ...; ArrayRecord, random access, no TensorFlow) or the
 project's local files (``data.source='files'``, prepared once by ``local_builder``). Either way
-a record is a dict of Python values in one of four shapes (see ``formats.FIELDS``):
+a record is a dict of Python values in one of four shapes (see ``formats.KINDS``):
 
   text            {'text': str}
   classification  {'text': str, 'text_b': str, 'label': str}
@@ -26,7 +26,6 @@ import tensorflow_datasets as tfds
 
 from lm_research.data import formats
 from lm_research.data import local_builder
-from lm_research.data import units
 
 # Catalog datasets we know: name (or base name before '/') → (kind, {our field: their feature},
 # eval split). Others work when data.kind and data.fields are given.
@@ -92,7 +91,7 @@ class Source:
 
   def _convert(self, raw: Mapping[str, Any]) -> dict:
     record = {}
-    for ours in formats.FIELDS[self.kind]:
+    for ours in formats.record_kind(self.kind).fields:
       if ours not in self.fields:  # only the optional second text can be absent
         record[ours] = ""
         continue
@@ -162,9 +161,9 @@ def open_source(data_cfg, split: str, workdir: str, kind: str | None = None) -> 
                      "with data.train_path, or a TFDS catalog name such as 'lm1b'")
   kind = kind or _cfg(data_cfg, "kind", "")
   if source == "files":
-    kind = formats.check_kind(kind or "text")
+    spec = formats.record_kind(kind or "text")
     data_dir = _cfg(data_cfg, "data_dir", "") or os.path.join(workdir, "tfds")
-    builder = local_builder.prepare(kind, _cfg(data_cfg, "train_path", ""),
+    builder = local_builder.prepare(spec.name, _cfg(data_cfg, "train_path", ""),
                                     _cfg(data_cfg, "eval_path", ""), data_dir)
     if split not in builder.info.splits:
       raise ValueError("there is no eval data: data.eval_path is empty and the training data is "
@@ -172,9 +171,9 @@ def open_source(data_cfg, split: str, workdir: str, kind: str | None = None) -> 
     # Read through a read-only builder of the prepared folder: it pickles by path, as Grain's
     # worker processes need, while our builder would be rebuilt from its arguments.
     reader = tfds.builder_from_directory(builder.data_dir)
-    return Source(reader.as_data_source(split=split), kind, {f: f for f in formats.FIELDS[kind]},
-                  description=f"{kind} files {builder.data_dir}:{split}",
-                  tab_joined=local_builder.TAB_JOINED.get(kind, ()))
+    return Source(reader.as_data_source(split=split), spec.name, {f: f for f in spec.fields},
+                  description=f"{spec.name} files {builder.data_dir}:{split}",
+                  tab_joined=spec.tab_joined)
   return _open_catalog(source, data_cfg, split, kind)
 
 
@@ -188,7 +187,8 @@ def _open_catalog(name: str, data_cfg, split: str, kind: str) -> Source:
     kind = kind or entry[0]
     if not fields and kind == entry[0]:
       fields = entry[1]
-  kind = formats.check_kind(kind or "text")
+  spec = formats.record_kind(kind or "text")
+  kind = spec.name
   data_dir = _cfg(data_cfg, "data_dir", "") or None
   try:
     with local_builder.quiet_tfds_warnings():
@@ -198,8 +198,8 @@ def _open_catalog(name: str, data_cfg, split: str, kind: str) -> Source:
                      "dataset; check the name at tensorflow.org/datasets/catalog") from None
   available = sorted(builder.info.features.keys())
   if not fields:
-    fields = {f: f for f in formats.FIELDS[kind] if f in available}
-  needed = [f for f in formats.FIELDS[kind] if f != "text_b"]
+    fields = {f: f for f in spec.fields if f in available}
+  needed = [f for f in spec.fields if f not in spec.optional]
   unknown = [theirs for theirs in fields.values() if theirs not in available]
   if unknown or any(f not in fields for f in needed):
     raise ValueError(f"cannot map {name!r} features ({', '.join(available)}) to {kind} fields "
@@ -266,10 +266,4 @@ def iter_texts(source: Source, limit: int | None = None) -> Iterator[str]:
   """The raw text of each record (every text field), e.g. to train a tokenizer on."""
   n = len(source) if limit is None else min(limit, len(source))
   for i in range(n):
-    record = source[i]
-    if source.kind == "tagging":  # as running text: no spaces invented between Chinese characters
-      yield units.join_units(record["tokens"])
-    else:
-      for field in formats.FIELDS[source.kind]:
-        if field != "label" and record[field]:
-          yield record[field]
+    yield from (text for text in formats.record_kind(source.kind).texts(source[i]) if text)

@@ -187,7 +187,8 @@ QWEN_TEMPLATE = (
     "{%- for message in messages %}\n"
     "    {%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
     "(message.role == 'assistant' and not message.tool_calls) %}\n"
-    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + "
+    "'\\n' }}\n"
     "    {%- endif %}\n{%- endfor %}\n"
     "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
     "{{- '' if tools is none else tools | tojson }}")
@@ -207,7 +208,8 @@ def test_tokenizer_folder_chat_template_and_specials(tmp_path):
   tok.save(str(tmp_path / "tokenizer.json"))
   (tmp_path / "tokenizer_config.json").write_text(json.dumps({
       "tokenizer_class": "Qwen2Tokenizer", "chat_template": QWEN_TEMPLATE,
-      "eos_token": "<|im_end|>", "pad_token": {"__type": "AddedToken", "content": "<|endoftext|>", "lstrip": False,
+      "eos_token": "<|im_end|>",
+      "pad_token": {"__type": "AddedToken", "content": "<|endoftext|>", "lstrip": False,
                     "normalized": False, "rstrip": False, "single_word": False, "special": True},
       "bos_token": None}))
   chat = [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": "你好"},

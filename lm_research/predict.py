@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from lm_research import sharding, writers
+from lm_research.data import units
 from lm_research.tasks import evaluate as task_eval
 from lm_research.tasks import examples as task_examples
 from lm_research.tasks import generate
@@ -38,9 +39,9 @@ _GENERATION_OPTIONS = ("strategy", "temperature", "top_k", "top_p", "num_beams",
 
 def prediction_kind(exp) -> str:
   """'classification', 'tagging' or 'generation' for this run, or a one-line error."""
-  if exp.task in ("classification", "tagging"):
-    return exp.task
-  if exp.config.objective in ("causal_lm", "seq2seq", "span_corruption"):
+  if exp.task is not None:
+    return exp.task.prediction
+  if exp.model_cfg.family != "encoder":  # a pretrained decoder or encoder-decoder continues text
     return "generation"
   raise ValueError(f"--mode=predict has nothing to predict for objective="
                    f"{exp.config.objective!r}; fine-tune a task (configs/finetune_*.py) first")
@@ -54,7 +55,8 @@ def _record(kind: str, obj: dict, where: str) -> dict:
                      "input one of them")
   value = obj[key]
   if kind == "tagging":
-    return {"tokens": value.split() if isinstance(value, str) else [str(v) for v in value]}
+    return {"tokens": units.split_units(value) if isinstance(value, str)
+            else [str(v) for v in value]}
   if kind == "classification":
     return {"text": str(value), "text_b": str(obj.get("text_b") or "")}
   return {"input": str(value)}

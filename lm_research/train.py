@@ -22,11 +22,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from lm_research import experiment
 from lm_research import metrics as flops
 from lm_research import profiling, sharding, tracking, workdir_lock, writers
 from lm_research.checkpointing import Checkpointer, PreemptionFlag
-from lm_research.experiment import (Experiment, compile_steps, create_train_state,  # noqa: F401
-                                    make_batches, make_experiment, run_eval, state_layout)
+from lm_research.experiment import Experiment
 from lm_research.optim import inference_params, make_optimizer
 
 
@@ -34,9 +34,9 @@ class NonFiniteLossError(RuntimeError):
   """The loss or gradient became NaN/Inf and train.on_nan is 'stop'."""
 
 
-def _initial_state(exp: Experiment, tx, ckpt: Checkpointer):
+def initial_state(exp: Experiment, tx, ckpt: Checkpointer):
   """(graphdef, state, shardings, data state, step) from a checkpoint, init_from, or scratch."""
-  graphdef, abstract_state, state_sh, init = state_layout(exp, tx)
+  graphdef, abstract_state, state_sh, init = experiment.state_layout(exp, tx)
   restored = ckpt.restore_latest(abstract_state, exp.config.to_dict())
   if restored is not None:
     state, data_state, step = restored
@@ -93,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train(config: ml_collections.ConfigDict, workdir: str, devices: list | None):
   """train_and_evaluate's body, run while holding the workdir's lock."""
-  exp = make_experiment(config, devices, workdir)
+  exp = experiment.make_experiment(config, devices, workdir)
   config = exp.config  # the resolved config (train.steps from train.epochs, labels, body)
   logging.info("Training to train.steps=%d in %s.", config.train.steps, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
@@ -105,9 +105,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list | None
   try:
     sinks = tracking.open_sinks(config, workdir, is_main)  # W&B, TensorBoard (process 0)
     with sharding.active_mesh(exp.mesh):
-      graphdef, state, state_sh, data_state, start = _initial_state(exp, tx, ckpt)
+      graphdef, state, state_sh, data_state, start = initial_state(exp, tx, ckpt)
       write_config(config, workdir)  # the state fits this config: record it
-      train, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
+      train, evaluate = experiment.compile_steps(exp, graphdef, state_sh, tx, schedule)
       return _loop(exp, graphdef, state, data_state, start, train, evaluate, workdir, ckpt,
                    preempted, sinks, profiler)
   finally:
@@ -122,9 +122,9 @@ def _weights(state):
   return inference_params(state.params, state.opt_state)
 
 
-def _trained_state(exp: Experiment, tx, ckpt: Checkpointer):
+def trained_state(exp: Experiment, tx, ckpt: Checkpointer):
   """(graphdef, state, shardings, step) of the latest checkpoint, or of init_from's weights."""
-  graphdef, state, state_sh, _, step = _initial_state(exp, tx, ckpt)
+  graphdef, state, state_sh, _, step = initial_state(exp, tx, ckpt)
   if step == 0 and not exp.config.init_from:
     raise ValueError(f"No checkpoint in {ckpt.directory} and no init_from: train first, "
                      "or pass --config.init_from=PATH.")
@@ -134,14 +134,14 @@ def _trained_state(exp: Experiment, tx, ckpt: Checkpointer):
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
                   devices: list | None = None) -> dict[str, float]:
   """``--mode=eval``: evaluates the latest checkpoint (or init_from weights) and logs it."""
-  exp = make_experiment(config, devices, workdir)
+  exp = experiment.make_experiment(config, devices, workdir)
   tx, schedule = make_optimizer(exp.optim_cfg)
   ckpt = Checkpointer(workdir, read_only=True)  # a training run may be using the workdir
   try:
     with sharding.active_mesh(exp.mesh):
-      graphdef, state, state_sh, step = _trained_state(exp, tx, ckpt)
-      _, evaluate = compile_steps(exp, graphdef, state_sh, tx, schedule)
-      metrics = run_eval(exp, evaluate, _weights(state), graphdef, step)
+      graphdef, state, state_sh, step = trained_state(exp, tx, ckpt)
+      _, evaluate = experiment.compile_steps(exp, graphdef, state_sh, tx, schedule)
+      metrics = experiment.run_eval(exp, evaluate, _weights(state), graphdef, step)
   finally:
     ckpt.close()
   try:  # appended only when no training run is writing metrics.jsonl (steps stay in order)
@@ -161,13 +161,13 @@ def predict_only(config: ml_collections.ConfigDict, workdir: str,
   from lm_research import predict  # noqa: PLC0415  (decoding is imported only when needed)
   if not config.predict.input:
     raise ValueError("--mode=predict needs --config.predict.input=FILE (lines, .tsv or .jsonl)")
-  exp = make_experiment(config, devices, workdir)
+  exp = experiment.make_experiment(config, devices, workdir)
   predict.prediction_kind(exp)  # a run with nothing to predict fails before any restoring
   tx, _ = make_optimizer(exp.optim_cfg)
   ckpt = Checkpointer(workdir, read_only=True)
   try:
     with sharding.active_mesh(exp.mesh):
-      graphdef, state, _, step = _trained_state(exp, tx, ckpt)
+      graphdef, state, _, step = trained_state(exp, tx, ckpt)
       return predict.run(exp, graphdef, _weights(state), step)
   finally:
     ckpt.close()
@@ -180,14 +180,14 @@ def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir
   is_main = jax.process_index() == 0
   writer = writers.MetricsWriter(workdir, is_main=is_main, sinks=sinks)
   writer.truncate_after(start_step)  # steps after the checkpoint are logged again below
-  batches = make_batches(exp, "train")
+  batches = experiment.make_batches(exp, "train")
   if data_state is not None:
     batches.set_state(data_state)
   meter = _Throughput(exp)
   pending = None  # (step number, device metrics) not yet fetched
   last: dict[str, float] = {}
   if start_step == 0 and c.eval.every_steps:  # the untrained baseline, for comparison
-    last = run_eval(exp, evaluate, _weights(state), graphdef, 0)
+    last = experiment.run_eval(exp, evaluate, _weights(state), graphdef, 0)
     writer.write(0, last)
   for step in range(start_step + 1, c.train.steps + 1):
     batch = sharding.global_batch(exp.mesh, next(batches))
@@ -203,7 +203,7 @@ def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir
     if c.eval.every_steps and (step % c.eval.every_steps == 0 or final):
       last = _report(exp, pending, None, meter)
       pending = None
-      last.update(run_eval(exp, evaluate, _weights(state), graphdef, step))
+      last.update(experiment.run_eval(exp, evaluate, _weights(state), graphdef, step))
       writer.write(step, last)  # train and eval metrics of this step in one JSON line
       writers.log_progress(f"eval at step {step}: " + ", ".join(
           f"{k} {v:.4f}" for k, v in last.items() if k.startswith("eval/")), is_main)

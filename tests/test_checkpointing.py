@@ -15,7 +15,7 @@ from absl import logging
 from flax import nnx
 
 from configs import bert_tiny, gpt_tiny
-from lm_research import checkpointing, pretrained, sharding, train, writers
+from lm_research import checkpointing, experiment, pretrained, sharding, train, writers
 from lm_research.checkpointing import Checkpointer
 from lm_research.models.layout import get_params, unstack_layers
 from lm_research.optim import make_optimizer
@@ -87,11 +87,11 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_pat
     if os.path.isdir(path):
       shutil.rmtree(path)
   config = _config(**{"train.steps": 12, "checkpoint.every_steps": 4})
-  exp = train.make_experiment(config)
+  exp = experiment.make_experiment(config)
   tx, _ = make_optimizer(exp.optim_cfg)
   ckpt = train.Checkpointer(workdir)
   with caplog.at_level(logging.WARNING):
-    _, abstract, _, _ = train.state_layout(exp, tx)
+    _, abstract, _, _ = experiment.state_layout(exp, tx)
     state, data_state, step = ckpt.restore_latest(abstract)
   ckpt.close()
   assert step == 8
@@ -123,13 +123,13 @@ def test_restore_onto_another_mesh(tmp_path):
   saved_cfg = _config(**{"train.steps": 2, "checkpoint.every_steps": 2, "mesh.data": 1,
                          "mesh.fsdp": 8})
   train.train_and_evaluate(saved_cfg, workdir)
-  exp8 = train.make_experiment(saved_cfg)
-  exp2 = train.make_experiment(_config(**{"mesh.data": 2}), devices=jax.devices()[:2])
+  exp8 = experiment.make_experiment(saved_cfg)
+  exp2 = experiment.make_experiment(_config(**{"mesh.data": 2}), devices=jax.devices()[:2])
   params = {}
   for exp in (exp8, exp2):
     tx, _ = make_optimizer(exp.optim_cfg)
     ckpt = train.Checkpointer(workdir)
-    _, abstract, _, _ = train.state_layout(exp, tx)
+    _, abstract, _, _ = experiment.state_layout(exp, tx)
     state, _, step = ckpt.restore_latest(abstract)
     ckpt.close()
     assert step == 2
@@ -147,10 +147,10 @@ def test_init_from_loads_body_into_new_head(tmp_path, caplog):
   train.train_and_evaluate(body_cfg, workdir)
   cls_cfg = _config(bert_tiny, **{"model.head": "sequence_classification",
                                   "model.num_labels": 3})
-  exp = train.make_experiment(cls_cfg)
+  exp = experiment.make_experiment(cls_cfg)
   tx, _ = make_optimizer(exp.optim_cfg)
   with sharding.active_mesh(exp.mesh), caplog.at_level(logging.WARNING):
-    graphdef, fresh, _ = train.create_train_state(exp, tx)
+    graphdef, fresh, _ = experiment.create_train_state(exp, tx)
     fresh_params = get_params(nnx.merge(graphdef, fresh.params))
     loaded = pretrained.load_into(workdir, graphdef, fresh.params, exp.model_cfg)
   loaded_params = get_params(nnx.merge(graphdef, loaded))
@@ -177,11 +177,11 @@ def test_ema_run_hands_on_its_average_and_starts_from_init_from(tmp_path):
   body = str(tmp_path / "body")
   train.train_and_evaluate(_config(**{"train.steps": 3, "checkpoint.every_steps": 3,
                                       "train.ema_decay": 0.5}), body)
-  exp = train.make_experiment(_config(**{"train.ema_decay": 0.5}))
+  exp = experiment.make_experiment(_config(**{"train.ema_decay": 0.5}))
   tx, _ = make_optimizer(exp.optim_cfg)
   ckpt = Checkpointer(body)
   with sharding.active_mesh(exp.mesh):
-    graphdef, state, _, _ = train._trained_state(exp, tx, ckpt)  # pylint: disable=protected-access
+    graphdef, state, _, _ = train.trained_state(exp, tx, ckpt)
   ckpt.close()
   average = get_params(nnx.merge(graphdef, state.opt_state[-1].params_ema))
   weights = get_params(nnx.merge(graphdef, state.params))
@@ -205,10 +205,10 @@ def test_init_from_shape_mismatch_is_one_line_error(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(_config(**{"train.steps": 1, "checkpoint.every_steps": 1}), workdir)
   wide = _config(**{"model.d_model": 48})
-  exp = train.make_experiment(wide)
+  exp = experiment.make_experiment(wide)
   tx, _ = make_optimizer(exp.optim_cfg)
   with sharding.active_mesh(exp.mesh):
-    graphdef, fresh, _ = train.create_train_state(exp, tx)
+    graphdef, fresh, _ = experiment.create_train_state(exp, tx)
     with pytest.raises(ValueError, match=r"has shape .* in the checkpoint but"):
       pretrained.load_into(workdir, graphdef, fresh.params, exp.model_cfg)
 

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import gpt_tiny
-from lm_research import sharding, train
+from lm_research import experiment, sharding
 from lm_research.models import ModelConfig, build_model
 from lm_research.optim import OptimConfig, make_optimizer
 
@@ -156,7 +156,7 @@ def test_make_experiment_rejects_misfit_before_compiling():
   config.mesh.update(data=1, fsdp=1, tensor=8)
   config.model.num_heads = 4
   with pytest.raises(ValueError, match=r"model.num_heads=4 is not divisible by mesh.tensor=8"):
-    train.make_experiment(config)
+    experiment.make_experiment(config)
 
 
 # --- parameter and optimizer-state shardings --------------------------------------------------

@@ -19,7 +19,7 @@ import optax
 import pytest
 
 from configs import bert_tiny, gpt_tiny, t5_tiny
-from lm_research import metrics, sharding, train
+from lm_research import experiment, metrics, sharding, train
 
 STEPS = 3
 # Sizes chosen so a parameter's dimensions tell its logical axis apart: 32 = embed,
@@ -82,8 +82,8 @@ def engine_spy(history=False, reuse=None, poison_step=None):
   ``poison_step``: that step's batch gets a NaN loss mask, so its loss is NaN.
   """
   seen = {"params_history": []}
-  real_initial, real_compile, real_batches = (train._initial_state, train.compile_steps,
-                                              train.make_batches)
+  real_initial, real_compile, real_batches = (train.initial_state, experiment.compile_steps,
+                                              experiment.make_batches)
 
   def initial_state(exp, tx, ckpt):
     if reuse is not None:
@@ -113,9 +113,9 @@ def engine_spy(history=False, reuse=None, poison_step=None):
     return batches if poison_step is None else PoisonedBatches(batches, poison_step)
 
   # MFU's peak comes from a timed 1024^2 matmul on CPU: a fixed one saves a second a run.
-  with mock.patch.object(train, "_initial_state", initial_state), \
-       mock.patch.object(train, "compile_steps", compile_steps), \
-       mock.patch.object(train, "make_batches", make_batches), \
+  with mock.patch.object(train, "initial_state", initial_state), \
+       mock.patch.object(experiment, "compile_steps", compile_steps), \
+       mock.patch.object(experiment, "make_batches", make_batches), \
        mock.patch.object(metrics, "peak_flops_per_device", lambda: (1e12, "test")):
     yield seen
 
@@ -282,7 +282,7 @@ def test_bf16_compute_keeps_f32_params(tmp_path, runs):
   # The compiled step multiplies in bf16 (an untrained model's near-uniform softmax hides
   # most of that in the loss, so look at the program itself).
   exp = got["exp"]
-  batch = sharding.global_batch(exp.mesh, next(train.make_batches(exp, "train")))
+  batch = sharding.global_batch(exp.mesh, next(experiment.make_batches(exp, "train")))
   with sharding.active_mesh(exp.mesh):
     text = got["step"].lower(got["initial"], batch).as_text()
   dots = [line for line in text.splitlines() if "dot_general" in line]
@@ -296,7 +296,7 @@ def test_overfits_a_repeated_batch(runs, family):
   """60 steps on one batch at the peak lr (1e-2) at least halve the loss."""
   seen = runs(family)
   exp = seen["exp"]
-  batch = sharding.global_batch(exp.mesh, next(train.make_batches(exp, "train")))
+  batch = sharding.global_batch(exp.mesh, next(experiment.make_batches(exp, "train")))
   state = copy_state(seen["initial"], seen["state_sh"])
   state = state.replace(step=jax.device_put(jnp.int32(WARMUP), seen["state_sh"].step))
   losses = []
@@ -319,7 +319,7 @@ def test_nan_step_keeps_last_good_state(runs):
   leaves[0] = leaves[0].at[0, 0].set(jnp.nan)
   state = state.replace(params=jax.tree.unflatten(treedef, leaves))
   before = jax.device_get((state.params, state.opt_state))
-  batch = sharding.global_batch(exp.mesh, next(train.make_batches(exp, "train")))
+  batch = sharding.global_batch(exp.mesh, next(experiment.make_batches(exp, "train")))
   with sharding.active_mesh(exp.mesh):
     new_state, metrics = seen["step"](state, batch)
   assert not bool(metrics["finite"]) and np.isnan(float(metrics["loss"]))

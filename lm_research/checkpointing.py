@@ -293,8 +293,24 @@ def _read_latest(path: str, **items) -> tuple[Any, str, int]:
 
 
 def read_config(path: str) -> dict:
-  """The resolved experiment config saved with the latest checkpoint at ``path``."""
-  return dict(_read_latest(path, config=ocp.args.JsonRestore())[0].config)
+  """The resolved experiment config saved with the newest checkpoint at ``path`` whose config
+  can be read (a corrupt latest step is left for a training run's restore to set aside)."""
+  directory, latest = latest_step(path)
+  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit() and int(n) <= latest),
+                 reverse=True)
+  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  try:
+    for step in steps:
+      try:
+        return dict(manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore())).config)
+      except Exception as e:  # noqa: BLE001  (an unreadable step: try the one before it)
+        logging.warning("The config of checkpoint %s/%d is unreadable (%s); trying the one "
+                        "before it.", directory, step, _first_line(e))
+  finally:
+    manager.close()
+  raise ValueError(f"No checkpoint in {directory} has a readable config; move the corrupt "
+                   "steps aside or point at another checkpoint.")
 
 
 def _plain(tree: Any) -> Any:

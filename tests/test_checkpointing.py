@@ -254,3 +254,21 @@ def test_signal_then_rerun_matches_uninterrupted(uninterrupted_long, tmp_path, s
   assert rerun.returncode == 0, out[-2000:]
   assert "Resuming from" in out
   assert _losses(workdir) == _losses(uninterrupted_long)
+
+
+def test_saved_config_read_past_a_corrupt_latest_step(tmp_path):
+  """read_config (init_from, a fine-tune's resume, plots) skips a step whose config is corrupt,
+  and says so in one line when none is readable."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(**{"train.steps": 2, "checkpoint.every_steps": 1,
+                                      "seed": 7}), workdir)
+  directory, step = checkpointing.latest_step(workdir)
+  assert step == 2 and checkpointing.read_config(workdir)["seed"] == 7
+  configs = [os.path.join(directory, str(s), "config", "metadata") for s in (2, 1)]
+  with open(configs[0], "w") as f:
+    f.write("{not json")
+  assert checkpointing.read_config(workdir)["seed"] == 7  # from step 1
+  with open(configs[1], "w") as f:
+    f.write("{not json")
+  with pytest.raises(ValueError, match="has a readable config"):
+    checkpointing.read_config(workdir)

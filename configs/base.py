@@ -87,7 +87,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.epochs = 0.0  # > 0 with train.steps=0: steps = ceil(epochs * examples / batch_size)
   c.train.learning_rate = 1e-3  # 0 = 3e-4 * 128 / model.d_model (tasks/setup.py)
   c.train.optimizer = "adamw"  # 'adamw' | 'adafactor'
-  c.train.schedule = "linear"  # decay after warmup: 'linear' | 'cosine' | 'inverse_sqrt' | 'constant'
+  # decay after warmup: 'linear' | 'cosine' | 'inverse_sqrt' | 'constant'
+  c.train.schedule = "linear"
   c.train.warmup_steps = 10
   c.train.warmup_ratio = 0.0  # > 0: warmup_steps = ratio * train.steps (fine-tuning recipes)
   c.train.weight_decay = 0.01  # not applied to biases, norms

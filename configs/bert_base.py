@@ -24,5 +24,6 @@ def get_config(arg: str = ""):
   c.train.warmup_steps = 10_000
   c.train.b2 = 0.999
   c.train.eps = 1e-6
-  c.data.source = "wikipedia/20230601.en"  # BERT's Wikipedia half (TFDS has no BookCorpus; add your own books with data.source=files)
+  # BERT's Wikipedia half (TFDS has no BookCorpus; add your own books with data.source=files)
+  c.data.source = "wikipedia/20230601.en"
   return c

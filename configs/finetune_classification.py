@@ -12,8 +12,9 @@ The body's architecture and tokenizer come from init_from; the labels from the t
 A text longer than train.seq_len keeps its head; --config.data.truncation=windows reads all of
 it as overlapping rows whose predictions are averaged. The tiny encoder's recipe for the
 e-mails (windows, mean pooling, rate 1e-3, 5 epochs, a moving average of the weights:
-98.18-98.68% test accuracy in 4 runs) is configs/finetune_spam.py; these defaults (the automatic rate: 3e-4 for the tiny bodies, 5e-5
-for BERT-base; [CLS] pooling) suit a Hugging Face BERT body.
+98.18-98.68% test accuracy in 4 runs) is configs/finetune_spam.py; these defaults (the
+automatic rate: 3e-4 for the tiny bodies, 5e-5 for BERT-base; [CLS] pooling) suit a Hugging
+Face BERT body.
 """
 
 from configs import base

@@ -1,1 +1,1 @@
-"""lm_research: pretraining and fine-tuning BERT-, GPT- and T5-style Transformers in JAX/Flax NNX."""
+"""lm_research: pretraining and fine-tuning BERT-, GPT- and T5-style Transformers in JAX NNX."""

@@ -29,7 +29,7 @@ def _peak_memory(compiled: Any) -> tuple[int, str]:
   device = jax.local_devices()[0]
   try:
     stats = device.memory_stats() or {}
-  except Exception:  # CPU backends may not implement it
+  except Exception:  # noqa: BLE001  (CPU backends may not implement it)
     stats = {}
   if stats.get("peak_bytes_in_use"):
     return int(stats["peak_bytes_in_use"]), "device allocator"

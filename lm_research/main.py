@@ -33,14 +33,15 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 def _init_distributed() -> None:
   """jax.distributed from the flags, or JAX's own detection on TPU VMs and SLURM."""
-  import jax  # after flags: XLA flags from the environment must be set before this import
+  import jax  # noqa: PLC0415  (after flags: XLA flags must be set before JAX is imported)
   if _COORDINATOR.value:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
     # Cross-process collectives on CPU go through gloo (no effect on GPU/TPU backends).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")):
+  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+                                     "MEGASCALE_COORDINATOR_ADDRESS")):
     jax.distributed.initialize()
 
 
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> None:
   for handler in std_logging.getLogger().handlers + logging.get_absl_logger().handlers:
     handler.addFilter(_OnlyOurInfo())
   _init_distributed()
-  from lm_research import train  # imports JAX-heavy modules only once flags are valid
+  from lm_research import train  # noqa: PLC0415  (JAX-heavy: only once flags are valid)
   config = _CONFIG.value
   logging.info("--mode=%s in --workdir=%s", _MODE.value, workdir)
   if _MODE.value == "train":

@@ -126,7 +126,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
   """NamedSharding for every parameter leaf, from the logical names it was created with."""
-  from flax import nnx  # local: keeps this module importable without flax for launch tools
+  from flax import nnx  # noqa: PLC0415  (keeps this module importable without flax)
   specs = nnx.get_partition_spec(abstract_params)
   return jax.tree.map(lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec))), specs,
                       is_leaf=lambda x: isinstance(x, P))

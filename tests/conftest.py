@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices (set before JAX is imported), float32 matmuls at full precision."""
+"""Test setup: 8 fake CPU devices (set before JAX is imported), f32 matmuls at full precision."""
 
 import os
 

@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume (in-process, SIGTERM, SIGKILL), corrupt steps, other meshes, init_from."""
+"""Checkpoints: exact resume (in-process, SIGTERM, SIGKILL), corrupt steps, other meshes,
+init_from."""
 
 import json
 import os
@@ -21,9 +22,10 @@ from lm_research.models.layout import get_params, unstack_layers
 from lm_research.optim import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {"data.source": "synthetic", "model.vocab_size": 64, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 4,
-        "model.d_ff": 64, "model.dropout_rate": 0.1, "train.batch_size": 8, "train.seq_len": 16,
-        "eval.every_steps": 0, "train.log_every_steps": 5}
+TINY = {"data.source": "synthetic", "model.vocab_size": 64, "model.d_model": 32,
+        "model.num_layers": 2, "model.num_heads": 4, "model.d_ff": 64, "model.dropout_rate": 0.1,
+        "train.batch_size": 8, "train.seq_len": 16, "eval.every_steps": 0,
+        "train.log_every_steps": 5}
 
 
 

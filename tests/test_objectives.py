@@ -325,7 +325,7 @@ def test_span_corruption_too_few_sentinels_is_a_clear_error():
 
 
 def test_cross_entropy_sums_match_optax_and_argmax():
-  """The shared-maximum cross-entropy equals optax's, its gradient too, and the accuracy argmax's."""
+  """The shared-maximum cross-entropy equals optax's (gradient too), the accuracy argmax's."""
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(3, 5, 11)) * 3, jnp.float32)
   targets = jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32)

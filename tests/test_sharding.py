@@ -132,7 +132,8 @@ def check(mesh_sizes, batch=8, accum=1, **model):
      "model.num_kv_heads=2 is not divisible by mesh.tensor=4"),
     ((1, 2, 4), 8, 1, dict(d_ff=66), "model.d_ff=66 is not divisible by mesh.tensor=4"),
     ((1, 2, 4), 8, 1, dict(vocab_size=66), "model.vocab_size=66 is not divisible by mesh.tensor=4"),
-    ((1, 8, 1), 8, 1, dict(d_model=36, num_heads=4), "model.d_model=36 is not divisible by mesh.fsdp=8"),
+    ((1, 8, 1), 8, 1, dict(d_model=36, num_heads=4),
+     "model.d_model=36 is not divisible by mesh.fsdp=8"),
 ])
 def test_check_divisibility_errors(mesh_sizes, batch, accum, model, message):
   """Batches that do not split over data x fsdp and models that do not split over tensor or

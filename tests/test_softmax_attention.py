@@ -42,8 +42,9 @@ def test_values_and_gradients_match_autodiff(kv_heads, bias_batch, block):
   def loss(fn, q, k, v, bias):
     return jnp.sum(fn(q, k, v, mask, bias, scale) * cotangent)
 
-  ours = lambda q, k, v, m, bias, s: softmax_attention(
-      q, k, v, mask_B1TS=m, bias_BNTS=bias, scale=s, causal=block > 0, block=block or 128)
+  def ours(q, k, v, m, bias, s):
+    return softmax_attention(q, k, v, mask_B1TS=m, bias_BNTS=bias, scale=s, causal=block > 0,
+                             block=block or 128)
   argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
   got = jax.value_and_grad(lambda *a: loss(ours, *a), argnums)(q, k, v, bias)
   want = jax.value_and_grad(lambda *a: loss(textbook_attention, *a), argnums)(q, k, v, bias)

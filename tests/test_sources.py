@@ -121,18 +121,19 @@ def test_text_jsonl_and_comma_separated_paths(tmp_path):
 def test_classification_tsv_and_jsonl(tmp_path):
   rows = [("a fine film", "pos"), ("dull\u00a0and long", "neg"), ("so-so", "neutral")]
   pair = write(tmp_path / "pair.tsv", "text\ttext_b\tlabel\n"
-               + "".join(f"{t}\tsecond {i}\t{l}\n" for i, (t, l) in enumerate(rows)))
+               + "".join(f"{t}\tsecond {i}\t{lab}\n" for i, (t, lab) in enumerate(rows)))
   single = write(tmp_path / "single.tsv",
-                 "id\ttext\tlabel\n" + "".join(f"{i}\t{t}\t{l}\n" for i, (t, l) in enumerate(rows)))
+                 "id\ttext\tlabel\n"
+                 + "".join(f"{i}\t{t}\t{lab}\n" for i, (t, lab) in enumerate(rows)))
   jsonl = write(tmp_path / "e.jsonl", json.dumps({"text": "q", "text_b": "a", "label": 1}) + "\n")
   train = open_split(tmp_path, train_path=pair, eval_path=jsonl, kind="classification")
-  assert records(train) == [{"text": t, "text_b": f"second {i}", "label": l}
-                            for i, (t, l) in enumerate(rows)]
+  assert records(train) == [{"text": t, "text_b": f"second {i}", "label": lab}
+                            for i, (t, lab) in enumerate(rows)]
   assert records(open_split(tmp_path, "eval", train_path=pair, eval_path=jsonl,
                             kind="classification")) == [{"text": "q", "text_b": "a", "label": "1"}]
   train = open_split(tmp_path, train_path=single, eval_path=single, kind="classification")
   assert [(r["text"], r["text_b"], r["label"]) for r in records(train)] == [
-      (t, "", l) for t, l in rows]
+      (t, "", lab) for t, lab in rows]
   assert sources.label_vocab(train) == ["neg", "neutral", "pos"]
   assert list(sources.iter_texts(open_split(tmp_path, train_path=pair, eval_path=pair,
                                             kind="classification")))[:2] == [

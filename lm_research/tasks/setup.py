@@ -86,7 +86,8 @@ def _labels(config, workdir: str, field: str, open_split) -> list[str]:
   return labels
 
 
-# train.learning_rate = 0 (the fine-tuning configs' default): this rate at d_model 128, scaled by 128 / d_model
+# train.learning_rate = 0 (the fine-tuning configs' default): this rate at d_model 128, scaled
+# by 128 / d_model
 # (wider bodies take smaller steps, as muP prescribes for hidden weights): 3e-4 for the tiny
 # models, 5e-5 for BERT-base, the BERT paper's fine-tuning rate.
 AUTO_LR_AT_128 = 3e-4

@@ -90,17 +90,29 @@ def test_load_parity(case):
 
 
 def test_save_round_trip(case, tmp_path):
-  """hf.save -> transformers' from_pretrained: the same class, the same logits."""
+  """hf.save -> transformers' from_pretrained: the same class, the same logits; Llama's in
+  shards of at most 20 kB with an index (its layers are 13 kB each)."""
   name, _, _, model, cfg, ids, mask, ref = case
-  hf.save(model, cfg, tmp_path, model_type="mistral" if name == "mistral" else None)
+  hf.save(model, cfg, tmp_path, model_type="mistral" if name == "mistral" else None,
+          max_shard_bytes=20_000 if name == "llama" else 5 * 10**9)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model_type"] == name
+  shards = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+  if name == "llama":
+    n = len(shards)
+    assert n > 2 and shards[-1] == f"model-{n:05d}-of-{n:05d}.safetensors"
+    with pytest.raises(ValueError, match="already holds model-00001-of-.* hf.save into a new"):
+      hf.save(model, cfg, tmp_path)  # a single file would mix with the shards
+  else:
+    assert shards == ["model.safetensors"]
   again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
   assert type(again).__name__ == type(case[1]).__name__
   with torch.no_grad():
     logits = again(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
   assert _delta(logits, ref, mask) <= TOL
-  assert hf.read_config(tmp_path) == cfg
+  reloaded, reloaded_cfg = hf.load(tmp_path)  # from the shards and index for Llama
+  assert reloaded_cfg == cfg
+  jax.tree.map(np.testing.assert_array_equal, get_params(reloaded), get_params(model))
 
 
 def test_greedy_generation_matches_transformers(case):

@@ -36,6 +36,7 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_d
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
            "BOOL": np.bool_}
 _OTHER_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+_INDEX = "model.safetensors.index.json"
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -62,7 +63,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _weight_files(folder: Path) -> list[Path]:
   """The folder's safetensors files (all shards of an index), or a one-line error."""
-  index = folder / "model.safetensors.index.json"
+  index = folder / _INDEX
   if index.is_file():
     names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     for name in names:
@@ -250,12 +251,46 @@ def load(path: str | Path, head: str | None = None, dtype: str | None = None,
   return model, cfg
 
 
+def _write_weights(folder: Path, tensors: dict[str, np.ndarray], max_shard_bytes: int) -> None:
+  """model.safetensors, or shards of at most ``max_shard_bytes`` (bar a bigger single tensor)
+  and the index transformers reads them by, named as transformers names them."""
+  sharded = sum(v.nbytes for v in tensors.values()) > max_shard_bytes
+  # transformers reads model.safetensors before an index: the two layouts must not mix.
+  stale = sorted(folder.glob("*.safetensors")) if sharded else (
+      sorted(folder.glob("model-*-of-*.safetensors")) + sorted(folder.glob(_INDEX)))
+  if stale:
+    raise ValueError(f"{folder} already holds {stale[0].name}, which would mix with the "
+                     f"{'sharded' if sharded else 'single-file'} weights being saved; hf.save "
+                     "into a new or empty folder.")
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for key, value in tensors.items():
+    value = np.ascontiguousarray(value)
+    if shards[-1] and size + value.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][key] = value
+    size += value.nbytes
+  if len(shards) == 1:
+    save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file(shard, str(folder / name), metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(shard, name))
+  index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+           "weight_map": weight_map}
+  (folder / _INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def save(model: nnx.Module, cfg: ModelConfig, path: str | Path,
-         model_type: str | None = None) -> None:
-  """Writes config.json and model.safetensors that transformers loads with the same outputs.
+         model_type: str | None = None, max_shard_bytes: int = 5 * 10**9) -> None:
+  """Writes config.json and safetensors weights that transformers loads with the same outputs.
 
   ``model_type``: the HF type to write (e.g. 'mistral'); None picks it from ``cfg``
   (families.for_saving: a RoPE decoder is Llama, or Qwen2 with q/k/v-only biases).
+  Weights over ``max_shard_bytes`` (5 GB, transformers' usual size) go into shards + an index.
   """
   fam = for_saving(cfg, model_type)
   hf = fam.config_to_hf(cfg)
@@ -282,6 +317,5 @@ def save(model: nnx.Module, cfg: ModelConfig, path: str | Path,
     tensors = {k.removeprefix(fam.prefix): v for k, v in tensors.items()}
   folder = Path(path)
   folder.mkdir(parents=True, exist_ok=True)
+  _write_weights(folder, tensors, max_shard_bytes)  # checks the folder before writing anything
   (folder / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-            str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -234,5 +234,10 @@ def test_tokenizer_folder_chat_template_and_specials(tmp_path):
   assert (ours.eos_id, ours.pad_id) == (tok.token_to_id("<|im_end|>"),
                                         tok.token_to_id("<|endoftext|>"))
   assert ours.encode(got) == theirs(want, add_special_tokens=False)["input_ids"]
+  marked = ("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}"
+            "{{ m.content | tojson }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n"
+            "{% endfor %}")
+  assert chat_template.ChatTemplate(marked, {}).render(chat) == theirs.apply_chat_template(
+      chat, chat_template=marked, tokenize=False)
   with pytest.raises(ValueError, match="has no chat template"):
     chat_template.load_chat_template(tmp_path / "..")

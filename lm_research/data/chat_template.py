@@ -5,9 +5,9 @@
 
 The template (``chat_template.jinja``, else ``tokenizer_config.json``'s ``chat_template``) is
 rendered as transformers' ``apply_chat_template(..., tokenize=False)`` does: a sandboxed jinja2
-environment with trim_blocks / lstrip_blocks and loop controls, its ``tojson`` (no HTML
-escaping, non-ASCII kept), ``raise_exception`` and ``strftime_now``, and the special tokens
-(``bos_token``, ``eos_token``, ...) as variables.
+environment with trim_blocks / lstrip_blocks, loop controls and ``{% generation %}``, its
+``tojson`` (no HTML escaping, non-ASCII kept), ``raise_exception`` and ``strftime_now``, and the
+special tokens (``bos_token``, ``eos_token``, ...) as variables.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 import jinja2.sandbox
 
 _ROLES = ("bos", "eos", "unk", "pad")  # the special tokens a template or a decoder may need
@@ -62,12 +63,27 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
                     sort_keys=sort_keys)
 
 
+class _Generation(jinja2.ext.Extension):
+  """transformers' ``{% generation %}...{% endgeneration %}``: marks the assistant's text (for
+  masks in training), rendered as the text itself."""
+
+  tags = {"generation"}
+
+  def parse(self, parser):
+    lineno = next(parser.stream).lineno
+    body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+    return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+  def _body(self, caller) -> str:
+    return caller()
+
+
 class ChatTemplate:
   """A compiled chat template and the special tokens it is rendered with."""
 
   def __init__(self, source: str, tokens: dict[str, str]):
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _Generation])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)

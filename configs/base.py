@@ -117,6 +117,10 @@ def get_base() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1 = every device not used by the other axes
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Several TPU slices (multislice): slices along data / fsdp over the data-center network;
+  # their product must equal the slice count, and data/fsdp/tensor above are then per slice.
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
 
   c.data = ml_collections.ConfigDict()
   # 'synthetic' (seeded random tokens), 'files' (data.train_path/eval_path in the local formats

@@ -119,7 +119,7 @@ def state_layout(exp: Experiment, tx):
   seed = exp.config.seed
   abstract_model = nnx.eval_shape(lambda: build_model(exp.model_cfg, seed))
   graphdef, abstract_params = nnx.split(abstract_model)
-  param_sh = sharding.param_shardings(exp.mesh, abstract_params)
+  param_sh = sharding.param_shardings(exp.mesh, abstract_params, exp.model_cfg.kv_heads)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_sh = sharding.matching_shardings(exp.mesh, abstract_opt, abstract_params, param_sh)
   replicated = NamedSharding(exp.mesh, P())

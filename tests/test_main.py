@@ -41,7 +41,7 @@ def test_run_writes_resolved_config_and_metrics(trained):
   train/loss, and the last step's line carries its eval metrics too."""
   config = json.loads((trained / "config.json").read_text())
   assert config["train"]["steps"] == 2 and config["model"]["d_model"] == 32
-  assert config["mesh"] == {"data": -1, "fsdp": 2, "tensor": 1}
+  assert config["mesh"] == {"data": -1, "fsdp": 2, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1}
   assert config["data"]["source"] == "synthetic" and config["objective"] == "causal_lm"
   lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
   if lines[0]["step"] == 0:  # the untrained model's evaluation, logged before step 1

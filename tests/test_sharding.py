@@ -1,5 +1,8 @@
-"""The logical-axis -> mesh mapping, mesh sizes from config, and the fit checks that run before
-anything compiles (8 fake CPU devices; nothing here compiles a model)."""
+"""The logical-axis -> mesh mapping, mesh sizes from config (one slice, and several with
+stand-in TPU devices), and the fit checks that run before anything compiles (8 fake CPU
+devices; only the grouped-query test compiles a model: one tiny forward pass)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +60,82 @@ def test_make_mesh_axes_and_devices():
   small = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:2])
   assert dict(small.shape) == {"data": 2, "fsdp": 1, "tensor": 1}
   assert {d.id for d in small.devices.flat} == {d.id for d in jax.devices()[:2]}
+
+
+# --- multi-slice (hybrid) meshes --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FakeTpu:
+  """What mesh_utils reads of a TPU device: its slice, chip coordinates and kind."""
+  id: int
+  slice_index: int
+  coords: tuple[int, int, int]
+  core_on_chip: int = 0
+  process_index: int = 0
+  platform: str = "tpu"
+  device_kind: str = "TPU v4"
+
+
+def fake_slices(num_slices, chips=4, shuffle=False):
+  """``num_slices`` slices of 2x2 chips (ids slice*4 + chip), optionally listed out of order."""
+  devices = [FakeTpu(s * chips + c, s, (c % 2, c // 2, 0), process_index=s)
+             for s in range(num_slices) for c in range(chips)]
+  return devices[::-1] if shuffle else devices
+
+
+def ids(grid):
+  return np.vectorize(lambda d: d.id)(grid).tolist()
+
+
+def test_hybrid_grid_tiles_slices_over_dcn_data():
+  """2 slices with dcn_data=2: data rows 0-1 are slice 0 and rows 2-3 slice 1, each slice a
+  2x2 (data, fsdp) block of its own chips; the order devices are listed in does not matter."""
+  config = sharding.MeshConfig(data=-1, fsdp=2, dcn_data=2)
+  for devices in (fake_slices(2), fake_slices(2, shuffle=True)):
+    assert ids(sharding.hybrid_device_grid(config, devices)) == [
+        [[0], [1]], [[2], [3]], [[4], [5]], [[6], [7]]]
+  # make_mesh takes this path for devices on several slices (jax.make_mesh refuses them).
+  mesh = sharding.make_mesh(config, fake_slices(2))
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  assert ids(mesh.devices) == [[[0], [1]], [[2], [3]], [[4], [5]], [[6], [7]]]
+
+
+def test_hybrid_grid_tiles_slices_over_dcn_fsdp():
+  """dcn_fsdp=2 with tensor=2 inside each slice: fsdp columns 0-1 are slice 0, 2-3 slice 1,
+  and every tensor pair stays on one slice (ICI)."""
+  grid = sharding.hybrid_device_grid(
+      sharding.MeshConfig(data=1, fsdp=-1, tensor=2, dcn_fsdp=2), fake_slices(2))
+  assert ids(grid) == [[[0, 1], [2, 3], [4, 5], [6, 7]]]
+
+
+@pytest.mark.parametrize("config,devices,message", [
+    (sharding.MeshConfig(), fake_slices(2),
+     "mesh.dcn_data*mesh.dcn_fsdp = 1 but the devices span 2 slice(s); set them to multiply "
+     "to 2 (e.g. --config.mesh.dcn_data=2)."),
+    (sharding.MeshConfig(dcn_data=2, dcn_fsdp=2), fake_slices(2),
+     "mesh.dcn_data*mesh.dcn_fsdp = 4 but the devices span 2 slice(s)"),
+    (sharding.MeshConfig(dcn_data=0, dcn_fsdp=2), fake_slices(2),
+     "mesh.dcn_data and mesh.dcn_fsdp must be positive, got (0, 2)."),
+    (sharding.MeshConfig(data=3, fsdp=-1, dcn_data=2), fake_slices(2),
+     "mesh (3, -1, 1) does not divide the 4 devices in each of 2 slices"),
+    (sharding.MeshConfig(data=2, fsdp=4, dcn_data=2), fake_slices(2),
+     "mesh data*fsdp*tensor = 8 but there are 4 devices in each of 2 slices"),
+    (sharding.MeshConfig(dcn_data=2), fake_slices(2)[:7],
+     "slices hold unequal device counts {0: 4, 1: 3}; run on whole slices of one type."),
+])
+def test_hybrid_grid_errors(config, devices, message):
+  """DCN sizes that do not match the slices, ICI sizes that do not fit one slice, and ragged
+  slices: one-line errors before any mesh exists."""
+  with pytest.raises(ValueError) as info:
+    sharding.hybrid_device_grid(config, devices)
+  assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_make_mesh_refuses_dcn_axes_on_one_slice():
+  """The 8 CPU devices are one slice: asking for 2 slices over DCN is a config error."""
+  with pytest.raises(ValueError, match=r"= 2 but the devices span 1 slice\(s\)"):
+    sharding.make_mesh(sharding.MeshConfig(dcn_data=2))
 
 
 # --- logical names -> PartitionSpec ----------------------------------------------------------
@@ -128,8 +207,6 @@ def check(mesh_sizes, batch=8, accum=1, **model):
     ((8, 1, 1), 16, 4, {}, "microbatch of 4 rows does not split over mesh data*fsdp=8"),
     ((1, 1, 8), 8, 3, {}, "train.batch_size=8 is not divisible by train.grad_accum_steps=3"),
     ((1, 1, 8), 8, 1, {}, "model.num_heads=4 is not divisible by mesh.tensor=8"),
-    ((1, 2, 4), 8, 1, dict(num_heads=8, num_kv_heads=2),
-     "model.num_kv_heads=2 is not divisible by mesh.tensor=4"),
     ((1, 2, 4), 8, 1, dict(d_ff=66), "model.d_ff=66 is not divisible by mesh.tensor=4"),
     ((1, 2, 4), 8, 1, dict(vocab_size=66), "model.vocab_size=66 is not divisible by mesh.tensor=4"),
     ((1, 8, 1), 8, 1, dict(d_model=36, num_heads=4),
@@ -148,6 +225,7 @@ def test_check_divisibility_accepts_fitting_setups():
   check((2, 1, 4), batch=8, accum=2)
   check((1, 8, 1), batch=8)
   check((1, 1, 8), batch=8, num_heads=8)
+  check((1, 2, 4), batch=8, num_heads=8, num_kv_heads=2)  # KV heads replicate instead
 
 
 def test_make_experiment_rejects_misfit_before_compiling():
@@ -187,6 +265,37 @@ def test_param_shardings_follow_logical_names():
   for path, spec in want.items():
     assert by_path[path] == NamedSharding(mesh, spec), path
   assert len(by_path) == len(jax.tree.leaves(params))
+
+
+def test_gqa_kv_heads_replicate_when_tensor_does_not_divide_them():
+  """8 query heads and 2 KV heads over tensor=4: queries split 4 ways, keys/values are whole
+  on every tensor device (with 4 KV heads they split too), and the sharded forward pass
+  equals the one-device one."""
+  mesh = sharding.make_mesh(sharding.MeshConfig(1, 2, 4))
+  block = "['stack']['layers']['blocks'][0]['attn']"
+
+  def specs(cfg):
+    shardings = sharding.param_shardings(mesh, abstract_params(cfg), cfg.kv_heads)
+    return {jax.tree_util.keystr(p): s.spec
+            for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+  gqa = MODEL.replace(num_heads=8, num_kv_heads=2)
+  got = specs(gqa)
+  assert got[f"{block}['query']['kernel'].value"] == P("fsdp", "tensor")
+  for name in ("key", "value"):
+    assert got[f"{block}['{name}']['kernel'].value"] == P("fsdp", None)
+    assert got[f"{block}['{name}']['bias'].value"] == P(None)
+  assert specs(gqa.replace(num_kv_heads=4))[f"{block}['key']['kernel'].value"] == P(
+      "fsdp", "tensor")
+
+  model = build_model(gqa, 0)
+  ids = jax.random.randint(jax.random.key(1), (4, 16), 0, gqa.vocab_size)
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x).logits)
+  want = forward(state, ids)
+  state = jax.device_put(state, sharding.param_shardings(mesh, state, gqa.kv_heads))
+  with sharding.active_mesh(mesh):
+    got = forward(state, ids)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])

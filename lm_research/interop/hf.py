@@ -180,7 +180,7 @@ def _place_sharded(model: nnx.Module, params: dict, mesh: Mesh) -> None:
   if model.cfg.scan_layers:
     with jax.default_device(jax.devices("cpu")[0]):  # stack on the host, not on one accelerator
       params = stack_layers(params)
-  shardings = nnx.to_pure_dict(sharding.param_shardings(mesh, state))
+  shardings = nnx.to_pure_dict(sharding.param_shardings(mesh, state, model.cfg.kv_heads))
 
   def place(value, want, where):
     value = np.asarray(value)

@@ -168,8 +168,9 @@ class Attention(nnx.Module):
     self.num_heads, self.kv_heads, self.head_dim = n, k, h
     qkv_bias = cfg.use_bias or cfg.qkv_bias
     self.query = dense(cfg, d, n * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
-    self.key = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
-    self.value = dense(cfg, d, k * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
+    # 'kv_heads', not 'heads': with fewer KV heads than mesh.tensor they are replicated.
+    self.key = dense(cfg, d, k * h, ("embed", "kv_heads"), rngs=rngs, use_bias=qkv_bias)
+    self.value = dense(cfg, d, k * h, ("embed", "kv_heads"), rngs=rngs, use_bias=qkv_bias)
     self.out = dense(cfg, n * h, d, ("heads", "embed"), rngs=rngs)
     self.rope_theta = cfg.rope_theta if cfg.position == "rope" else None
     self.rope_llama3 = None if cfg.rope_scaling_factor == 1.0 else (

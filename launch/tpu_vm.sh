@@ -87,8 +87,9 @@ run "${GCLOUD[@]}" scp "$ARCHIVE" "$TPU_NAME:~/lm_research.tar.gz" "${WHERE[@]}"
 SETUP="mkdir -p ~/$REMOTE_DIR && tar -xzf ~/lm_research.tar.gz -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR && pip install -q -r requirements.txt 'jax[tpu]==0.10.2'"
 run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command="$SETUP"
 
-# The training command, identical on every worker; each tees its own log.
-TRAIN="cd ~/$REMOTE_DIR && mkdir -p ~/logs && python -m lm_research.main$(quote "${ARGS[@]}") 2>&1 | tee ~/logs/train_\$(hostname).log"
+# The training command, identical on every worker; each tees its own log. pipefail: the worker's
+# shell (and so ssh, and this script) reports python's exit status, not tee's.
+TRAIN="set -o pipefail && cd ~/$REMOTE_DIR && mkdir -p ~/logs && python -m lm_research.main$(quote "${ARGS[@]}") 2>&1 | tee ~/logs/train_\$(hostname).log"
 STATUS=0
 run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command="$TRAIN" || STATUS=$?
 

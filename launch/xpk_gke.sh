@@ -17,6 +17,7 @@
 #   PROJECT               gcloud project ('' = gcloud's default)
 #   TPU_TYPE | DEVICE_TYPE  one of them: e.g. v5litepod-256, v6e-256 | h100-80gb-8
 #   NUM_SLICES            TPU slices (default 1); several = multislice data parallelism
+#                         (adds --config.mesh.dcn_data=NUM_SLICES unless a mesh.dcn_* flag is given)
 #   WORKLOAD              workload name (default lm-<user>-<time>, lowercase, <= 40 chars)
 #   BASE_IMAGE            image the code is layered on (default python:3.11-slim)
 #   MAX_RESTARTS          restarts after a failure or preemption; each resumes (default 3)
@@ -60,6 +61,11 @@ esac
 if [[ -n "${TPU_TYPE:-}" ]]; then
   DEVICE=(--tpu-type="$TPU_TYPE" --num-slices="${NUM_SLICES:-1}")
   JAX_EXTRA='jax[tpu]==0.10.2'
+  # Several slices: the mesh must span them over DCN; data parallelism across slices unless the
+  # flags already say how (--config.mesh.dcn_data / dcn_fsdp).
+  if [[ "${NUM_SLICES:-1}" != 1 && " ${ARGS[*]} " != *" --config.mesh.dcn_"* ]]; then
+    ARGS+=("--config.mesh.dcn_data=$NUM_SLICES")
+  fi
 elif [[ -n "${DEVICE_TYPE:-}" ]]; then
   DEVICE=(--device-type="$DEVICE_TYPE" --num-nodes="${NUM_NODES:-1}")
   JAX_EXTRA='jax[cuda12]==0.10.2'

@@ -28,8 +28,12 @@ def bash(script, *args, **env):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_syntax_and_executable(script):
+  """Valid bash, executable, and stopping with a non-zero status at the first failed command
+  (a failure inside a pipeline included)."""
   assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0
   assert os.access(os.path.join(ROOT, script), os.X_OK)
+  with open(os.path.join(ROOT, script)) as f:
+    assert "\nset -euo pipefail\n" in f.read()
 
 
 def test_tpu_vm_dry_run_creates_sets_up_runs_on_all_workers_collects_and_deletes():
@@ -41,8 +45,8 @@ def test_tpu_vm_dry_run_creates_sets_up_runs_on_all_workers_collects_and_deletes
   steps = ["gcloud compute tpus tpu-vm create pod --zone=us-west4-a "
            "--accelerator-type=v5litepod-16",
            "git -C", "gcloud compute tpus tpu-vm scp", "pip install",
-           "--worker=all '--command=cd ~/lm_research && mkdir -p ~/logs && python -m "
-           "lm_research.main", "mkdir -p logs/pod",
+           "--worker=all '--command=set -o pipefail && cd ~/lm_research && mkdir -p ~/logs && "
+           "python -m lm_research.main", "mkdir -p logs/pod",
            "gcloud compute tpus tpu-vm scp 'pod:~/logs/*' logs/pod/",
            "gcloud compute tpus tpu-vm delete pod --zone=us-west4-a"]
   found = [next(i for i, line in enumerate(lines) if step in line) for step in steps]
@@ -53,6 +57,32 @@ def test_tpu_vm_dry_run_creates_sets_up_runs_on_all_workers_collects_and_deletes
   assert "tee ~/logs/train_$(hostname).log" in train
   plain = bash("launch/tpu_vm.sh", "--dry_run", *TRAIN_ARGS, TPU_NAME="pod", ZONE="z")
   assert " create " not in plain.stdout and " delete " not in plain.stdout
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_tpu_vm_exits_with_the_training_status(tmp_path, exit_code):
+  """A real (not dry) run against stand-in gcloud and python: the workers' `python | tee log`
+  reports python's status, not tee's, and the script exits with it after collecting logs."""
+  bin_dir, home = tmp_path / "bin", tmp_path / "home"
+  bin_dir.mkdir()
+  (home / "lm_research").mkdir(parents=True)
+  stand_ins = {
+      # Runs the training command's shell line here; create/scp/setup calls just succeed.
+      "gcloud": 'for a in "$@"; do case "$a" in --command=*lm_research.main*) '
+                'exec bash -c "${a#--command=}";; esac; done',
+      "git": "exit 0",  # no archive to build
+      "python": f'echo "python $*"; exit {exit_code}',
+  }
+  for name, body in stand_ins.items():
+    (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body + "\n")
+    (bin_dir / name).chmod(0o755)
+  result = bash("launch/tpu_vm.sh", *TRAIN_ARGS, TPU_NAME="pod", ZONE="z", HOME=str(home),
+                PATH=f"{bin_dir}:{os.environ['PATH']}", LOG_DIR=str(tmp_path / "logs"))
+  assert result.returncode == exit_code, result.stderr
+  assert result.stdout.splitlines()[-1] == (
+      f"logs in {tmp_path / 'logs'}; training exit status {exit_code}")
+  (log,) = (home / "logs").glob("train_*.log")  # tee still wrote the worker's log
+  assert log.read_text().startswith("python -m lm_research.main --config=configs/gpt2_small.py")
 
 
 @pytest.mark.parametrize("env, message", [
@@ -115,6 +145,14 @@ def test_xpk_dry_runs_for_tpu_and_gpu_and_workload_management():
                          "--tpu-type=v5litepod-256 --num-slices=2 ")
   assert "jax[tpu]==0.10.2" in line and "--script-dir=" + ROOT in line
   assert "--workdir=/shared/runs/g" in line and "two words" in line
+  # Two slices: the mesh spans them over DCN (data parallelism), unless the flags say how.
+  assert line.endswith("two words'\\'' --config.mesh.dcn_data=2'")  # the last training flag
+  own = bash("launch/xpk_gke.sh", "--dry_run", *TRAIN_ARGS, "--config.mesh.dcn_fsdp=2",
+             CLUSTER="c", ZONE="z", TPU_TYPE="v5litepod-256", NUM_SLICES="2", WORKLOAD="w1")
+  assert "dcn_fsdp=2" in own.stdout and "dcn_data" not in own.stdout
+  one = bash("launch/xpk_gke.sh", "--dry_run", *TRAIN_ARGS, CLUSTER="c", ZONE="z",
+             TPU_TYPE="v5litepod-256", WORKLOAD="w1")
+  assert "--num-slices=1 " in one.stdout and "dcn_" not in one.stdout
   gpu = bash("launch/xpk_gke.sh", "--dry_run", *TRAIN_ARGS, CLUSTER="c", ZONE="z",
              DEVICE_TYPE="h100-80gb-8", NUM_NODES="4")
   assert "--device-type=h100-80gb-8 --num-nodes=4" in gpu.stdout and "cuda12" in gpu.stdout

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lm_research import sharding
 from lm_research.models import ModelConfig, build_model
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -31,7 +32,8 @@ CASES = [(name, arg) for name in NAMES for arg in variants(name)]
 CASE_IDS = [f"{name}:{arg}" if arg else name for name, arg in CASES]
 REQUIRED = {"bert_tiny", "bert_base", "gpt_tiny", "gpt2_small", "t5_tiny", "t5_base"}
 KNOWN_VARIANTS = {("gpt_tiny", "llama"), ("t5_tiny", "v1_1"), ("t5_base", "v1_1")}
-AXIS_NAMES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers", None}
+# The glossary of logical axes: the names sharding.py has a rule for (None = unnamed).
+AXIS_NAMES = set(sharding.PARAM_RULES) | {None}
 
 
 def load(name: str, arg: str = ""):

@@ -231,7 +231,8 @@ class _Throughput:
   def __init__(self, exp: Experiment):
     self.exp = exp
     self.flops_per_example = exp.train_flops_per_example()
-    peak, source = flops.peak_flops_per_device()
+    model_cfg = exp.model_cfg.resolved()  # the dtype and precision this backend computes in
+    peak, source = flops.peak_flops_per_device(model_cfg.dtype, model_cfg.matmul_precision)
     # Fake CPU devices share one host's cores, so the host's matmul rate is the peak.
     scale = jax.process_count() if jax.default_backend() == "cpu" else jax.device_count()
     self.peak = peak * scale

@@ -116,7 +116,7 @@ def engine_spy(history=False, reuse=None, poison_step=None):
   with mock.patch.object(train, "initial_state", initial_state), \
        mock.patch.object(experiment, "compile_steps", compile_steps), \
        mock.patch.object(experiment, "make_batches", make_batches), \
-       mock.patch.object(metrics, "peak_flops_per_device", lambda: (1e12, "test")):
+       mock.patch.object(metrics, "peak_flops_per_device", lambda *_: (1e12, "test")):
     yield seen
 
 

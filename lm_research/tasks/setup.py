@@ -24,7 +24,7 @@ from lm_research.tasks.registry import Task, task_of
 
 # ModelConfig fields the run decides; every other one comes from the pretrained body.
 RUN_FIELDS = ("head", "num_labels", "pooling", "dtype", "param_dtype", "remat", "scan_layers",
-              "attention_impl", "dropout_rate")
+              "attention_impl", "dropout_impl", "dropout_rate", "matmul_precision")
 # The bundled-corpus pretraining config of each family (named when init_from is missing).
 TINY_BODIES = {"encoder": "bert_tiny", "decoder": "gpt_tiny", "encoder_decoder": "t5_tiny"}
 

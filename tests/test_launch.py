@@ -2,6 +2,7 @@
 flags intact); missing settings end in one 'error:' line; the sweep's printed cluster
 commands drive these scripts as they are."""
 
+import logging as std_logging
 import os
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def test_slurm_jobs_use_jax_slurm_detection(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
   parsed = flags.FLAGS.is_parsed()
+  absl_level = std_logging.getLogger("absl").level  # unparse_flags raises it to WARNING
   if not parsed:
     flags.FLAGS(["main"])  # the defaults: no --coordinator_address
   try:
@@ -134,6 +136,7 @@ def test_slurm_jobs_use_jax_slurm_detection(monkeypatch):
   finally:
     if not parsed:
       flags.FLAGS.unparse_flags()
+      std_logging.getLogger("absl").setLevel(absl_level)
 
 
 def test_xpk_dry_runs_for_tpu_and_gpu_and_workload_management():

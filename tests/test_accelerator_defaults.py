@@ -10,6 +10,10 @@ from flax import nnx
 from lm_research.models import ModelConfig, build_model
 from lm_research.models.config import backend_kind
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 TINY = dict(vocab_size=64, d_model=64, num_layers=1, num_heads=2, d_ff=128, max_len=128)
 
 

@@ -5,9 +5,14 @@ import json
 import statistics
 
 import jax
+import pytest
 
 from configs import gpt_tiny
 from lm_research import bench
+
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
 
 
 def test_bench_tiny_fields_and_throughput():

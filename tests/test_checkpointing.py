@@ -21,6 +21,10 @@ from lm_research.checkpointing import Checkpointer
 from lm_research.models.layout import get_params, unstack_layers
 from lm_research.optim import make_optimizer
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"data.source": "synthetic", "model.vocab_size": 64, "model.d_model": 32,
         "model.num_layers": 2, "model.num_heads": 4, "model.d_ff": 64, "model.dropout_rate": 0.1,

@@ -95,6 +95,7 @@ def _compiled_train_step(impl: str) -> str:
     return train.lower(abstract_state, batch).compile().as_text()
 
 
+@pytest.mark.slow  # compiles the sharded train step once per impl
 @pytest.mark.parametrize("impl", dropout_mask.IMPLS)
 def test_sharded_step_gathers_no_random_bits(impl):
   """8-way data parallel with dropout: no all-gather of u32 (random bits) in the compiled step;

@@ -11,6 +11,10 @@ import pytest
 from configs import finetune_causal_lm, finetune_classification, finetune_seq2seq, finetune_tagging
 from lm_research import checkpointing, pretrained, train
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 WORDS = "the a of river stone light house garden window paper music city summer".split()
 CUES = {"positive": ["great", "lovely"], "negative": ["awful", "dreadful"],
         "neutral": ["okay", "average"]}

@@ -5,11 +5,16 @@ import math
 
 import jax
 import numpy as np
+import pytest
 
 from configs import gpt2_small
 from lm_research import experiment, sharding
 from lm_research.data import inputs
 from lm_research.optim import make_optimizer
+
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
 
 
 def _bytes(leaves, per_device: bool) -> int:

@@ -21,6 +21,10 @@ from lm_research.decoding import DecodeConfig, generate
 from lm_research.interop import hf
 from lm_research.models.layout import get_params
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 TOL = 1e-4
 _SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=40, max_position_embeddings=128, bos_token_id=None,

@@ -16,6 +16,10 @@ from lm_research.interop import hf
 from lm_research.models import ModelConfig, build_model
 from lm_research.models.layout import get_params, set_params
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 TOL = 1e-4
 
 

@@ -12,6 +12,10 @@ import sys
 
 import pytest
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.data.source=synthetic", "--config.model.vocab_size=64",
         "--config.model.d_model=32", "--config.model.num_layers=2", "--config.model.num_heads=4",

@@ -15,6 +15,10 @@ from lm_research.models.attention import attention_mask, dot_product_attention
 from lm_research.models.attention_kernels import KERNEL_RESIDUALS, Segments
 from lm_research.models.softmax_attention import softmax_attention
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 B, N, H = 2, 2, 32
 SCALE = 0.3
 

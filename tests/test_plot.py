@@ -14,6 +14,10 @@ from lm_research import plot
 from lm_research.data import tokenizer
 from lm_research.models.softmax_attention import attention_weights
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG"
 
 

@@ -18,6 +18,10 @@ import pytest
 from configs import gpt_tiny
 from lm_research import tracking, train, writers
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 FAKE_KEY = "fakekey" + "0123456789abcdef" * 2 + "x"  # 40 characters, like a real one
 TINY = dict(vocab_size=320, d_model=32, num_layers=2, num_heads=2, d_ff=64, max_len=32)
 

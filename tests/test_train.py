@@ -21,6 +21,10 @@ import pytest
 from configs import bert_tiny, gpt_tiny, t5_tiny
 from lm_research import experiment, metrics, sharding, train
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 STEPS = 3
 # Sizes chosen so a parameter's dimensions tell its logical axis apart: 32 = embed,
 # 64 = heads x head_dim, d_ff and vocab (the tensor-parallel axes), 24 = positions.

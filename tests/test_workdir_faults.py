@@ -22,6 +22,10 @@ from configs import finetune_classification, gpt_tiny
 from lm_research import main, train, workdir_lock
 from test_finetune import sentiment_rows, task_config, write_jsonl
 
+# Trains, compiles several models or starts processes: the full suite runs it, the fast tier
+# (-m 'not slow') does not.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_len=16)
 

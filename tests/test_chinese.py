@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lm_research import predict
-from lm_research.data import char_coverage, formats, tokenizer as tk, units, word_segmenter
+from lm_research.data import char_coverage, formats, tokenizer_training, units, word_segmenter
 from lm_research.objectives import masked_lm
 from lm_research.tasks import examples
 
@@ -31,7 +31,7 @@ def zh_tok(tmp_path_factory):
   """An encoder tokenizer trained on 2,000 sentences of the bundled news (2,531 characters,
   more than a 2,048-piece vocabulary holds at the default coverage): a few seconds."""
   out = tmp_path_factory.mktemp("zh")
-  return tk.train_sentencepiece(_news_lines(2000), str(out / "zh"), vocab_size=2048,
+  return tokenizer_training.train_sentencepiece(_news_lines(2000), str(out / "zh"), vocab_size=2048,
                                 family="encoder")
 
 
@@ -61,7 +61,8 @@ def test_tokenizer_fits_a_large_character_set_and_logs_it(zh_tok, tmp_path, capl
   with caplog.at_level(logging.INFO), pytest.raises(
       ValueError, match="a 1024-piece vocabulary cannot hold the 1648 characters that cover 98% "
       r"of this text .* raise model.vocab_size \(or --vocab_size\) to at least 1909"):
-    tk.train_sentencepiece(lines, str(tmp_path / "zh"), vocab_size=1024, family="encoder")
+    tokenizer_training.train_sentencepiece(lines, str(tmp_path / "zh"), vocab_size=1024,
+                                           family="encoder")
   assert not os.path.exists(tmp_path / "zh.model")
 
 

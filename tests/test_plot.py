@@ -11,7 +11,7 @@ import pytest
 from test_tracking import trained_run
 
 from lm_research import plot
-from lm_research.data import tokenizer
+from lm_research.data import tokenizer, tokenizer_training
 from lm_research.models.softmax_attention import attention_weights
 
 # Trains, compiles several models or starts processes: the full suite runs it, the fast tier
@@ -38,7 +38,7 @@ def run():
 def line_tokenizer(tmp_path_factory):
   """A SentencePiece model trained on one line (under 320 pieces: fits the tiny model)."""
   prefix = str(tmp_path_factory.mktemp("tok") / "tokenizer")
-  tokenizer.train_sentencepiece(["To be, or not to be, that is the question: whether 'tis "
+  tokenizer_training.train_sentencepiece(["To be, or not to be, that is the question: whether 'tis "
                                  "nobler in the mind to suffer"], prefix, 320, family="decoder")
   return prefix + ".model"
 

@@ -9,6 +9,7 @@ import pytest
 import tokenizers
 
 from lm_research.data import tokenizer as tk
+from lm_research.data import tokenizer_training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAY = os.path.join(REPO, "data", "shakespeare", "train", "macbeth.txt")
@@ -36,8 +37,8 @@ def _corpus():
 def trained(tmp_path_factory):
   """One small unigram model per family, on a play and some Chinese (about a second each)."""
   out = tmp_path_factory.mktemp("sp")
-  return {family: tk.train_sentencepiece(_corpus(), str(out / family), vocab_size=800,
-                                         family=family)
+  return {family: tokenizer_training.train_sentencepiece(_corpus(), str(out / family),
+                                                         vocab_size=800, family=family)
           for family in tk.FAMILIES}
 
 
@@ -128,15 +129,15 @@ def test_t5_spiece_model_without_sentinels_gets_them_appended(trained, tmp_path)
 
 
 def test_bpe_training_and_too_small_vocab(tmp_path):
-  tok = tk.train_sentencepiece(_corpus(), str(tmp_path / "bpe"), vocab_size=600,
+  tok = tokenizer_training.train_sentencepiece(_corpus(), str(tmp_path / "bpe"), vocab_size=600,
                                model_type="bpe", family="decoder")
   assert os.path.exists(tmp_path / "bpe.model")
   assert tok.decode(tok.encode(CHINESE + " and English")) == CHINESE + " and English"
   # byte fallback alone needs 256 pieces
   with pytest.raises(ValueError, match="a 100-piece vocabulary leaves no room for text"):
-    tk.train_sentencepiece(_corpus(), str(tmp_path / "small"), vocab_size=100)
+    tokenizer_training.train_sentencepiece(_corpus(), str(tmp_path / "small"), vocab_size=100)
   with pytest.raises(ValueError, match="no text to train"):
-    tk.train_sentencepiece(["", "  \n "], str(tmp_path / "empty"), vocab_size=400)
+    tokenizer_training.train_sentencepiece(["", "  \n "], str(tmp_path / "empty"), vocab_size=400)
 
 
 def _gpt2_style(path):
@@ -211,16 +212,17 @@ def test_get_or_train_tokenizer_trains_once_then_loads(tmp_path):
     calls.append(1)
     return _corpus()
 
-  tok = tk.get_or_train_tokenizer("", texts, "decoder", 500, workdir=workdir)
+  tok = tokenizer_training.get_or_train_tokenizer("", texts, "decoder", 500, workdir=workdir)
   assert os.path.exists(os.path.join(workdir, "tokenizer.model")) and len(calls) == 1
-  again = tk.get_or_train_tokenizer("", texts, "decoder", 500, workdir=workdir)
+  again = tokenizer_training.get_or_train_tokenizer("", texts, "decoder", 500, workdir=workdir)
   assert len(calls) == 1 and again.encode(CHINESE) == tok.encode(CHINESE)
   # a configured path that does not exist yet is where a new model goes
   there = str(tmp_path / "tok" / "mine.model")
-  tk.get_or_train_tokenizer(there, texts, "encoder", 500, workdir=workdir)
+  tokenizer_training.get_or_train_tokenizer(there, texts, "encoder", 500, workdir=workdir)
   assert os.path.exists(there) and len(calls) == 2
   with pytest.raises(ValueError, match="does not exist"):
-    tk.get_or_train_tokenizer(str(tmp_path / "missing_folder"), texts, "encoder", 500)
+    tokenizer_training.get_or_train_tokenizer(str(tmp_path / "missing_folder"), texts, "encoder",
+                                              500)
   with pytest.raises(ValueError, match="does not exist"):
     tk.load_tokenizer(str(tmp_path / "nope.model"), "encoder")
   (tmp_path / "junk.model").write_bytes(b"not a model")
@@ -231,8 +233,9 @@ def test_get_or_train_tokenizer_trains_once_then_loads(tmp_path):
 def test_command_line_trains_a_model(tmp_path):
   out = tmp_path / "cli"
   result = subprocess.run(
-      [sys.executable, "-m", "lm_research.data.tokenizer", f"--input={REPO}/data/shakespeare/eval",
-       f"--output={out}", "--vocab_size=500", "--family=encoder", "--model_type=bpe"],
+      [sys.executable, "-m", "lm_research.data.tokenizer_training",
+       f"--input={REPO}/data/shakespeare/eval", f"--output={out}", "--vocab_size=500",
+       "--family=encoder", "--model_type=bpe"],
       capture_output=True, text=True, cwd=REPO, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "500 ids for the encoder family" in result.stdout
@@ -244,7 +247,7 @@ def test_text_without_spaces_still_round_trips_spaces(tmp_path):
   """A model trained on Chinese alone (no space anywhere) keeps '▁' and ASCII as pieces: a
   space decodes as a space, not as the '▁' of three byte pieces."""
   assert " " not in CHINESE
-  tok = tk.train_sentencepiece([CHINESE] * 50, str(tmp_path / "zh"), vocab_size=800,
+  tok = tokenizer_training.train_sentencepiece([CHINESE] * 50, str(tmp_path / "zh"), vocab_size=800,
                                family="encoder")
   for text in ["hello world", "１９９８ 1998", "混合 text 和 spaces  here"]:
     assert tok.decode(tok.encode(text)) == text

@@ -39,7 +39,7 @@ class DataSources:
 
 def get_tokenizer(config, family: str, workdir: str, open_split: DataSources | None = None):
   """The configured tokenizer, trained on process 0 on first use and then read by all."""
-  from lm_research.data import sources, tokenizer  # noqa: PLC0415  (TFDS only when needed)
+  from lm_research.data import sources, tokenizer_training  # noqa: PLC0415  (TFDS when needed)
   data = config.data
   open_split = open_split or DataSources(data, workdir)
 
@@ -50,7 +50,7 @@ def get_tokenizer(config, family: str, workdir: str, open_split: DataSources | N
           data.character_coverage, workdir)
   if jax.process_index() != 0:  # process 0 trains (or loads) it first
     multihost_utils.sync_global_devices("tokenizer ready")
-  tok = tokenizer.get_or_train_tokenizer(*args)
+  tok = tokenizer_training.get_or_train_tokenizer(*args)
   if jax.process_count() > 1 and jax.process_index() == 0:
     multihost_utils.sync_global_devices("tokenizer ready")
   if tok.vocab_size > config.model.vocab_size:

@@ -43,9 +43,9 @@ def open_corpus(config, workdir: str):
 
 def tokenizer_for(objective: str, config, data: dict, source, workdir: str):
   """A tokenizer of the family ``objective`` trains, trained on the corpus on first use."""
-  from lm_research.data import tokenizer as tokenizers
+  from lm_research.data import tokenizer_training
   family = get_objective(objective).families[0]
-  return tokenizers.get_or_train_tokenizer(
+  return tokenizer_training.get_or_train_tokenizer(
       data.get("tokenizer_path", ""),
       lambda: (source[i]["text"] for i in range(len(source))), family,
       config.model.vocab_size, data.get("tokenizer_type", "unigram"),

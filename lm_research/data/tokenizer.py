@@ -15,30 +15,22 @@ Chinese corpus has thousands; ``char_coverage.py``); rarer characters fall back 
 byte pieces. The choice is logged in one line. Hugging Face ``tokenizer.json`` and BERT
 ``vocab.txt`` files load behind the same interface when a model comes from Hugging Face.
 
-Train one from the command line:
-  python -m lm_research.data.tokenizer --input='data/shakespeare/train/*.txt' \
-      --output=/tmp/shakespeare --vocab_size=8192 --family=decoder [--model_type=bpe]
+Training one lives in ``tokenizer_training.py``.
 """
 
 from __future__ import annotations
 
 import abc
-import io
 import json
 import os
-import random
-import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
-from absl import logging
 import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 import tokenizers
 
-from lm_research.data import char_coverage
 from lm_research.data import chat_template
-from lm_research.data import formats
 
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
 NUM_SENTINELS = 100
@@ -51,22 +43,9 @@ _NAMES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[CLS]",
 _REQUIRED = {"encoder": {"pad": "padding", "cls": "[CLS]", "sep": "[SEP]", "mask": "masked LM"},
              "decoder": {"eos": "document ends"},
              "encoder_decoder": {"pad": "padding", "eos": "sequence ends"}}
-# Specials of a SentencePiece model trained here; pad is id 0 in every family.
-_TRAIN_SPECIALS = {
-    "encoder": dict(pad_piece="[PAD]", unk_piece="[UNK]", pad_id=0, unk_id=1, eos_id=-1,
-                    control_symbols=["[CLS]", "[SEP]", "[MASK]"]),
-    "decoder": dict(pad_piece="<pad>", eos_piece="<|endoftext|>", unk_piece="<unk>", pad_id=0,
-                    eos_id=1, unk_id=2),
-    "encoder_decoder": dict(pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", pad_id=0,
-                            eos_id=1, unk_id=2,
-                            user_defined_symbols=[SENTINEL.format(i)
-                                                  for i in range(NUM_SENTINELS)]),
-}
-_MAX_LINE_CHARS = 4096  # longer lines are cut: SentencePiece silently skips over-long sentences
-_BYTE_PIECES = 256
 
 
-def _check_family(family: str) -> str:
+def check_family(family: str) -> str:
   if family not in FAMILIES:
     raise ValueError(f"family={family!r} is not a model family; use one of {', '.join(FAMILIES)}")
   return family
@@ -97,7 +76,7 @@ class Tokenizer(abc.ABC):
   def _set_specials(self, family: str, lookup: Callable[[str], int | None],
                     declared: dict[str, int | None], where: str) -> None:
     """Finds each special id (declared by the model, else by name) and checks the family's needs."""
-    self.family = _check_family(family)
+    self.family = check_family(family)
     ids = {}
     for role, names in _NAMES.items():
       ids[role] = declared.get(role)
@@ -110,7 +89,7 @@ class Tokenizer(abc.ABC):
       if ids[role] is None:
         raise ValueError(f"tokenizer {where} has no {_NAMES[role][0]} token ({role}, needed for "
                          f"{purpose} by the {family} family); train one with `python -m "
-                         f"lm_research.data.tokenizer --family={family}` or leave "
+                         f"lm_research.data.tokenizer_training --family={family}` or leave "
                          "data.tokenizer_path empty to train one")
     self.sentinel_ids = []
     if family == "encoder_decoder":
@@ -119,7 +98,7 @@ class Tokenizer(abc.ABC):
         missing = SENTINEL.format(self.sentinel_ids.index(None))
         raise ValueError(f"tokenizer {where} has no {missing} token (span-corruption sentinel, "
                          "needed by the encoder_decoder family); train one with `python -m "
-                         "lm_research.data.tokenizer --family=encoder_decoder`")
+                         "lm_research.data.tokenizer_training --family=encoder_decoder`")
     for role in _NAMES:
       setattr(self, f"{role}_id", ids[role])
 
@@ -155,7 +134,7 @@ class Tokenizer(abc.ABC):
     return f"{type(self).__name__}(family={self.family}, vocab_size={self.vocab_size})"
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
   """Write-then-rename, so a crash never leaves a half-written tokenizer to be loaded later."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
@@ -224,7 +203,7 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.id_to_piece(i) if i < self._real else SENTINEL.format(self.vocab_size - 1 - i)
 
   def save(self, path: str) -> None:
-    _atomic_write(path, self._proto)
+    atomic_write(path, self._proto)
 
   def __getstate__(self):
     return {"proto": self._proto, "family": self.family, "where": self._where}
@@ -271,7 +250,7 @@ class HuggingFaceTokenizer(Tokenizer):
     return self._tok.id_to_token(i)
 
   def save(self, path: str) -> None:
-    _atomic_write(path, self._tok.to_str().encode())
+    atomic_write(path, self._tok.to_str().encode())
 
 
 def _bert_lowercase(vocab_file: str, vocab: dict[str, int]) -> bool:
@@ -302,7 +281,7 @@ def _wordpiece(vocab_file: str) -> tokenizers.Tokenizer:
 
 def load_tokenizer(path: str, family: str) -> Tokenizer:
   """A tokenizer.json, BERT vocab.txt or SentencePiece .model, or a folder holding one."""
-  _check_family(family)
+  check_family(family)
   if not os.path.exists(path):
     raise ValueError(f"tokenizer {path!r} does not exist; give a .model, tokenizer.json, "
                      "vocab.txt or a folder with one (or leave data.tokenizer_path empty to "
@@ -318,7 +297,7 @@ def load_tokenizer(path: str, family: str) -> Tokenizer:
   if path.endswith(".json"):
     try:
       tok = tokenizers.Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises its own exception type on a malformed file
+    except Exception as e:  # noqa: BLE001  (tokenizers raises its own type on a bad file)
       raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({e})") from None
     return HuggingFaceTokenizer(tok, family, path,
                                 chat_template.declared_ids(os.path.dirname(path), tok.token_to_id))
@@ -326,126 +305,3 @@ def load_tokenizer(path: str, family: str) -> Tokenizer:
     return HuggingFaceTokenizer(_wordpiece(path), family, path)
   with open(path, "rb") as f:
     return SentencePieceTokenizer(f.read(), family, path)
-
-
-def _sentences(texts: Iterable[str], limit: int) -> Iterator[str]:
-  """Non-blank lines of the texts (cut to _MAX_LINE_CHARS), at most ``limit`` of them."""
-  count = 0
-  for text in texts:
-    for line in text.split("\n"):
-      for start in range(0, len(line), _MAX_LINE_CHARS):
-        piece = line[start:start + _MAX_LINE_CHARS]
-        if piece.strip():
-          yield piece
-          count += 1
-          if count >= limit:
-            return
-
-
-def _fixed_pieces(family: str) -> int:
-  """Pieces a trained model holds whatever the text: specials, sentinels and the 256 bytes."""
-  spec = _TRAIN_SPECIALS[family]
-  return (_BYTE_PIECES + len(spec.get("control_symbols", ()))
-          + len(spec.get("user_defined_symbols", ()))
-          + sum(spec.get(f"{role}_id", -1) >= 0 for role in ("pad", "unk", "eos", "bos")))
-
-
-def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_size: int,
-                        model_type: str = "unigram", character_coverage: float = 0.9995,
-                        family: str = "decoder", input_sentence_size: int = 1_000_000,
-                        ) -> SentencePieceTokenizer:
-  """Trains a byte-fallback SentencePiece model on texts (or a file/folder/glob) → PREFIX.model.
-
-  At most 2 × input_sentence_size lines are read and input_sentence_size of them sampled, so
-  training takes seconds to minutes whatever the corpus size. The character coverage is
-  lowered where the characters would not fit (``char_coverage.fit``; logged). The vocabulary
-  may come out smaller than ``vocab_size`` when the text is too small to fill it.
-  """
-  _check_family(family)
-  if model_type not in ("unigram", "bpe"):
-    raise ValueError(f"model_type={model_type!r}: use 'unigram' or 'bpe'")
-  if isinstance(texts, str):
-    files = formats.resolve_files(texts, "text", "tokenizer input")
-    texts = (r["text"] for r in formats.iter_records("text", files))
-  sentences = list(_sentences(texts, 2 * input_sentence_size))
-  if not sentences:
-    raise ValueError("there is no text to train a tokenizer on; check the training data")
-  if len(sentences) > input_sentence_size:  # sampled here, so the coverage fit counts them
-    sentences = random.Random(0).sample(sentences, input_sentence_size)
-  coverage, required, account = char_coverage.fit(sentences, vocab_size, character_coverage,
-                                                 _fixed_pieces(family), family)
-  logging.info("tokenizer: %s", account)
-  model = io.BytesIO()
-  try:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=coverage, required_chars=required,
-        byte_fallback=True,
-        # identity normalisation and kept whitespace make decode(encode(text)) == text
-        normalization_rule_name="identity", add_dummy_prefix=False,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
-        bos_id=-1, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        max_sentence_length=4 * _MAX_LINE_CHARS, hard_vocab_limit=False,
-        num_threads=min(os.cpu_count() or 1, 16), minloglevel=2, **_TRAIN_SPECIALS[family])
-  except RuntimeError as e:
-    reason = str(e).strip().splitlines()[-1]
-    raise ValueError(f"SentencePiece could not train a {vocab_size}-piece {model_type} model "
-                     f"({reason}); change model.vocab_size, data.character_coverage or "
-                     "data.tokenizer_type (--vocab_size, --character_coverage, --model_type), "
-                     "or the data") from None
-  path = f"{model_prefix}.model"
-  _atomic_write(path, model.getvalue())
-  return SentencePieceTokenizer(model.getvalue(), family, path)
-
-
-def get_or_train_tokenizer(tokenizer_path: str, texts_fn: Callable[[], Iterable[str]],
-                           family: str, vocab_size: int, model_type: str = "unigram",
-                           character_coverage: float = 0.9995, workdir: str = "") -> Tokenizer:
-  """Loads the configured tokenizer, or trains one on the training texts and saves it.
-
-  An empty path means ``WORKDIR/tokenizer.model``, so a resumed run reuses its own tokenizer.
-  """
-  path = tokenizer_path or (os.path.join(workdir, "tokenizer.model") if workdir else "")
-  if not path:
-    raise ValueError("no tokenizer: set data.tokenizer_path, or give a workdir to train one in")
-  if os.path.exists(path):
-    tok = load_tokenizer(path, family)
-    logging.info("loaded tokenizer %s (%d ids)", path, tok.vocab_size)
-    return tok
-  if not path.endswith(".model"):
-    raise ValueError(f"data.tokenizer_path={tokenizer_path!r} does not exist; point it at a "
-                     ".model, tokenizer.json, vocab.txt or a folder with one, or at a new .model "
-                     "path to train one there")
-  start = time.time()
-  tok = train_sentencepiece(texts_fn(), path[:-len(".model")], vocab_size, model_type,
-                            character_coverage, family)
-  logging.info("trained a %s SentencePiece tokenizer (%d ids, asked for %d) for the %s family "
-               "on the training texts in %.1fs; saved it to %s", model_type, tok.vocab_size,
-               vocab_size, family, time.time() - start, path)
-  return tok
-
-
-def main(argv: Sequence[str]) -> None:
-  """Trains a SentencePiece tokenizer from the command-line flags."""
-  from absl import flags  # only the command reads flags
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  start = time.time()
-  tok = train_sentencepiece(f.input, f.output, f.vocab_size, f.model_type, f.character_coverage,
-                            f.family)
-  print(f"wrote {f.output}.model: {tok.vocab_size} ids for the {f.family} family "
-        f"(pad={tok.pad_id}, eos={tok.eos_id}) in {time.time() - start:.1f}s")
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_string("input", None, "file, folder or glob of .txt/.jsonl training text",
-                      required=True)
-  flags.DEFINE_string("output", None, "model prefix: writes PREFIX.model", required=True)
-  flags.DEFINE_integer("vocab_size", 8192, "pieces in the vocabulary (an upper bound)")
-  flags.DEFINE_enum("family", "decoder", list(FAMILIES), "model family whose specials to add")
-  flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece algorithm")
-  flags.DEFINE_float("character_coverage", 0.9995, "share of characters kept as pieces "
-                     "(the rest fall back to bytes)")
-  app.run(main)

@@ -12,17 +12,7 @@ out=${OUT:-bench_out}
 mkdir -p "$out"
 source bench/lib.sh
 
-medium="--config=configs/gpt2_small.py --config.model.d_model=1024 --config.model.num_layers=24
-        --config.model.num_heads=16 --config.model.d_ff=4096"
-mshape="--batch_size=16 --seq_len=1024"
-bert="--config=configs/bert_base.py" t5="--config=configs/t5_base.py"
-shape512="--batch_size=32 --seq_len=512"
-steps=10 per_run=65
-if [ "${SMOKE:-0}" = 1 ]; then
-  medium="--config=configs/gpt_tiny.py" mshape="--batch_size=2 --seq_len=64"
-  bert="--config=configs/bert_tiny.py" t5="--config=configs/t5_tiny.py" shape512=$mshape
-  steps=2 per_run=300 budget=${BUDGET_S:-2400}  # a script check: room for a busy CPU
-fi
+set_shapes 65  # seconds per run (bench/lib.sh)
 on_device=0
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi -q > "$out/nvidia-smi.txt" 2>&1 && on_device=1

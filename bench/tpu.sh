@@ -15,17 +15,7 @@ out=${OUT:-bench_out_tpu}
 mkdir -p "$out"
 source bench/lib.sh
 
-medium="--config=configs/gpt2_small.py --config.model.d_model=1024 --config.model.num_layers=24
-        --config.model.num_heads=16 --config.model.d_ff=4096"
-mshape="--batch_size=16 --seq_len=1024"
-bert="--config=configs/bert_base.py" t5="--config=configs/t5_base.py"
-shape512="--batch_size=32 --seq_len=512"
-steps=10 per_run=45
-if [ "${SMOKE:-0}" = 1 ]; then
-  medium="--config=configs/gpt_tiny.py" mshape="--batch_size=2 --seq_len=64"
-  bert="--config=configs/bert_tiny.py" t5="--config=configs/t5_tiny.py" shape512=$mshape
-  steps=2 per_run=300 budget=${BUDGET_S:-2400}  # a script check: room for a busy CPU
-fi
+set_shapes 45  # seconds per run (bench/lib.sh)
 t5shape="$shape512 --config.train.target_len=128"  # the kernels tile by 128: no 114-token tail
 [ "${SMOKE:-0}" = 1 ] && t5shape=$shape512
 on_device=0 rbg_flag=""

@@ -23,6 +23,7 @@ import jinja2.nodes
 import jinja2.sandbox
 
 _ROLES = ("bos", "eos", "unk", "pad")  # the special tokens a template or a decoder may need
+MESSAGE_ROLES = ("system", "user", "assistant")  # what a conversation's messages may be
 
 
 def _config(folder: Path) -> dict[str, Any]:
@@ -51,6 +52,49 @@ def declared_ids(folder: str | Path, token_to_id: Callable[[str], int | None]) -
   ids = {name.removesuffix("_token"): token_to_id(text)
          for name, text in special_tokens(folder).items()}
   return {role: i for role, i in ids.items() if i is not None}
+
+
+def tokenizer_folder(tokenizer_path: str | Path) -> Path:
+  """The folder of a tokenizer file or folder: where its chat template and configs would be."""
+  path = Path(tokenizer_path)
+  return path if path.is_dir() else path.parent
+
+
+def generation_eos_ids(folder: str | Path) -> list[int]:
+  """Every id that ends a reply: generation_config.json's ``eos_token_id`` (an int or a list,
+  e.g. Llama 3's <|end_of_text|>, <|eom_id|>, <|eot_id|>), else config.json's; [] if neither."""
+  folder = Path(folder)
+  for name in ("generation_config.json", "config.json"):
+    path = folder / name
+    value = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    if value is not None:
+      return [int(i) for i in (value if isinstance(value, list) else [value])]
+  return []
+
+
+def parse_messages(value: Any, where: str, need_assistant: bool = True) -> list[dict[str, str]]:
+  """A conversation (a list, or its JSON text) checked: {role, content} objects, with an
+  assistant turn when ``need_assistant`` (one-line ValueError naming ``where`` otherwise)."""
+  if isinstance(value, str):
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{where}: messages is not JSON ({e.msg})") from None
+  if not isinstance(value, list) or not value:
+    raise ValueError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} "
+                     "objects")
+  out = []
+  for i, m in enumerate(value, 1):
+    if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+      raise ValueError(f"{where}: message {i} must be an object with a string 'content'")
+    if m.get("role") not in MESSAGE_ROLES:
+      raise ValueError(f"{where}: message {i} has role {m.get('role')!r}; use one of "
+                       f"{', '.join(MESSAGE_ROLES)}")
+    out.append({"role": m["role"], "content": m["content"]})
+  if need_assistant and not any(m["role"] == "assistant" for m in out):
+    raise ValueError(f"{where}: the conversation has no assistant message, so nothing to learn; "
+                     "give each line at least one")
+  return out
 
 
 def _raise_exception(message: str):
@@ -95,6 +139,9 @@ class ChatTemplate:
     self.source = source
     self.tokens = dict(tokens)
 
+  def __reduce__(self):  # the compiled template does not pickle; Grain's workers need copies
+    return ChatTemplate, (self.source, self.tokens)
+
   def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
              tools: list[dict] | None = None, documents: list[dict] | None = None,
              **kwargs: Any) -> str:
@@ -104,13 +151,24 @@ class ChatTemplate:
                                  **{**self.tokens, **kwargs})
 
 
-def load_chat_template(folder: str | Path) -> ChatTemplate:
-  """The chat template of a Hugging Face tokenizer folder, or a one-line error if it has none."""
-  folder = Path(folder)
+def _source(folder: Path) -> str | None:
+  """The template text of a tokenizer folder, or None."""
   jinja_file = folder / "chat_template.jinja"  # where transformers 5 saves it
   source = jinja_file.read_text() if jinja_file.is_file() else _config(folder).get("chat_template")
   if isinstance(source, list):  # named templates: [{'name': 'default', 'template': ...}, ...]
     source = {t.get("name"): t.get("template") for t in source}.get("default")
+  return source or None
+
+
+def has_chat_template(folder: str | Path) -> bool:
+  """Whether a tokenizer folder holds a chat template."""
+  return Path(folder).is_dir() and _source(Path(folder)) is not None
+
+
+def load_chat_template(folder: str | Path) -> ChatTemplate:
+  """The chat template of a Hugging Face tokenizer folder, or a one-line error if it has none."""
+  folder = Path(folder)
+  source = _source(folder)
   if not source:
     raise ValueError(f"{folder} has no chat template (chat_template.jinja, or chat_template in "
                      "tokenizer_config.json); use an instruction-tuned model's tokenizer folder.")

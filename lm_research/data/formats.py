@@ -11,6 +11,8 @@ Every reader yields records under the project's field names, whatever the file c
   tagging         tokens, tags                 CoNLL: token<TAB>...<TAB>tag, blank line after each
                                                sentence
   seq2seq         input, target                .jsonl (or prompt/response, or text/label)
+  chat            messages                     .jsonl, [{"role", "content"}, ...] per line, kept
+                                               as its JSON text (chat_template.parse_messages)
 
 Labels and tags stay strings here; ids are assigned from the training set downstream.
 Malformed data ends in a one-line ValueError that names the file, the line and the fix. Bytes
@@ -31,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from absl import logging
 
-from lm_research.data import units
+from lm_research.data import chat_template, units
 # A huge .txt file is stored as several records cut at line ends, so that no single record
 # (read whole by every random access) grows without bound.
 MAX_RECORD_CHARS = 1 << 20
@@ -259,6 +261,17 @@ def read_seq2seq_jsonl(path: str) -> Iterator[dict]:
            for ours, names in SEQ2SEQ_ALIASES.items()}
 
 
+def read_chat_jsonl(path: str) -> Iterator[dict]:
+  """Conversations from a .jsonl file with ``messages`` (each checked, stored as JSON text)."""
+  for number, obj in _json_lines(path):
+    where = f"{path}:{number}"
+    if "messages" not in obj:
+      raise ValueError(f"{where} has no 'messages' field (it has {', '.join(sorted(obj))}); "
+                       "chat JSONL lines are {\"messages\": [{\"role\": ..., \"content\": ...}]}")
+    messages = chat_template.parse_messages(obj["messages"], where)
+    yield {"messages": json.dumps(messages, ensure_ascii=False)}
+
+
 def _by_extension(jsonl_reader, other_reader):
   """A reader that reads .jsonl files with one reader and every other file with the other."""
   return lambda path: (jsonl_reader if path.lower().endswith(".jsonl") else other_reader)(path)
@@ -293,6 +306,8 @@ KINDS: dict[str, RecordKind] = {k.name: k for k in (
                lambda r: [units.join_units(r["tokens"])], tab_joined=("tokens", "tags")),
     RecordKind("seq2seq", ("input", "target"), (".jsonl",), "examples", read_seq2seq_jsonl,
                lambda r: [r["input"], r["target"]]),
+    RecordKind("chat", ("messages",), (".jsonl",), "conversations", read_chat_jsonl,
+               lambda r: [m["content"] for m in json.loads(r["messages"])]),
 )}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -21,11 +22,19 @@ class DecodeConfig:
   top_p: float = 1.0  # sampling: keep the smallest set with this much probability; 1.0 = off
   num_beams: int = 4  # beam search width
   length_penalty: float = 1.0  # beam search: rank finished hypotheses by score / len**alpha
-  eos_id: int = 1  # a negative id never matches: always generate max_new_tokens
+  # The id (or ids: Llama 3 and Qwen2 instruct models end a turn with any of several) that
+  # ends a row; a negative id never matches: always generate max_new_tokens.
+  eos_id: int | tuple[int, ...] = 1
   pad_id: int = 0  # fills the tokens after EOS; T5's decoder start token
   use_cache: bool = True  # False: recompute the whole sequence every step (the reference)
 
   def __post_init__(self):
+    # A list (generation_config.json's) becomes a hashable tuple without repeats; one id an int.
+    ids = tuple(dict.fromkeys(int(i) for i in (
+        self.eos_id if isinstance(self.eos_id, (list, tuple)) else [self.eos_id])))
+    if not ids:
+      raise ValueError("DecodeConfig.eos_id is an empty list; give at least one id (or -1).")
+    object.__setattr__(self, "eos_id", ids[0] if len(ids) == 1 else ids)
     if self.strategy not in STRATEGIES:
       raise ValueError(f"DecodeConfig.strategy={self.strategy!r} is not one of "
                        f"{', '.join(STRATEGIES)}.")
@@ -40,6 +49,15 @@ class DecodeConfig:
       raise ValueError(f"DecodeConfig.top_p must be in (0, 1] (1 = off), got {self.top_p}.")
     if self.num_beams < 1:
       raise ValueError(f"DecodeConfig.num_beams must be at least 1, got {self.num_beams}.")
+
+  @property
+  def eos_ids(self) -> tuple[int, ...]:
+    """Every id that ends a row."""
+    return (self.eos_id,) if isinstance(self.eos_id, int) else self.eos_id
+
+  def is_eos(self, token: jax.Array) -> jax.Array:
+    """Whether each token ends its row (any of ``eos_ids``)."""
+    return jnp.isin(token, jnp.asarray(self.eos_ids, token.dtype))
 
   @property
   def samples(self) -> bool:

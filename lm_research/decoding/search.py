@@ -54,7 +54,7 @@ def sample(stepper, ids_BT, mask_BT, cfg: DecodeConfig, rng: jax.Array) -> Decod
     logits_BV, state = stepper.advance(c["state"], token_B)
     return dict(i=c["i"] + 1, logits=logits_BV, state=state, rng=rng,
                 tokens=c["tokens"].at[:, c["i"]].set(token_B),
-                done=c["done"] | (token_B == cfg.eos_id),
+                done=c["done"] | cfg.is_eos(token_B),
                 lengths=c["lengths"] + live_B, scores=c["scores"] + jnp.where(live_B, logp_B, 0))
 
   out = jax.lax.while_loop(lambda c: (c["i"] < n) & ~jnp.all(c["done"]), body, init)
@@ -93,7 +93,7 @@ def beam_search(stepper, ids_BT, mask_BT, cfg: DecodeConfig) -> DecodeOutput:
     beam_BC, token_BC = top_idx_BC // v, (top_idx_BC % v).astype(jnp.int32)
     seqs_BCN = jnp.take_along_axis(c["live_tokens"], beam_BC[:, :, None], axis=1)
     seqs_BCN = seqs_BCN.at[:, :, i].set(token_BC)
-    is_eos_BC = token_BC == cfg.eos_id
+    is_eos_BC = cfg.is_eos(token_BC)
     # Finished: EOS among the first W candidates; keep the row's best one.
     fin_BC = jnp.where(is_eos_BC & (jnp.arange(2 * w) < w), top_logp_BC / penalty(length),
                        -jnp.inf)

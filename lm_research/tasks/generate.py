@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from lm_research import decoding
+from lm_research.data import chat_template
 
 
 def prompt_length(exp, max_new_tokens: int) -> int:
@@ -45,22 +46,29 @@ def encode_prompts(tokenizer, family: str, texts: Sequence[str],
   return ids, mask
 
 
-def decode_config(exp, max_new_tokens: int, **options) -> decoding.DecodeConfig:
-  """Decoding options with the tokenizer's EOS and padding."""
-  tok = exp.tokenizer
-  return decoding.DecodeConfig(max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
-                               pad_id=tok.pad_id, **options)
+def stop_ids(exp) -> tuple[int, ...]:
+  """The ids that end a generation: the tokenizer's EOS and every eos_token_id of a Hugging
+  Face body's generation_config.json (Llama 3 and Qwen2 instruct models list several)."""
+  path = exp.config.data.tokenizer_path
+  extra = chat_template.generation_eos_ids(chat_template.tokenizer_folder(path)) if path else []
+  return tuple(dict.fromkeys([exp.tokenizer.eos_id, *extra]))
 
 
-def generate_texts(exp, graphdef, params, texts: Sequence[str], *, batch_size: int,
-                   max_new_tokens: int, seed: int = 0, **options) -> list[str]:
-  """The generated continuation (decoder) or output (T5) of each text, as text."""
+def decode_config(exp, max_new_tokens: int, eos_ids: tuple[int, ...] = (),
+                  **options) -> decoding.DecodeConfig:
+  """Decoding options with padding and the stop ids (``eos_ids``, else ``stop_ids(exp)``)."""
+  return decoding.DecodeConfig(max_new_tokens=max_new_tokens, eos_id=eos_ids or stop_ids(exp),
+                               pad_id=exp.tokenizer.pad_id, **options)
+
+
+def generate_ids(exp, graphdef, params, ids: np.ndarray, mask: np.ndarray, *, batch_size: int,
+                 max_new_tokens: int, seed: int = 0, **options) -> list[list[int]]:
+  """The generated ids of each right-padded prompt row, without the stop id that ended it."""
   model = nnx.merge(graphdef, params)
   cfg = decode_config(exp, max_new_tokens, **options)
-  length = prompt_length(exp, max_new_tokens)
-  ids, mask = encode_prompts(exp.tokenizer, exp.model_cfg.family, texts, length)
+  length = ids.shape[1]
   outputs = []
-  for start in range(0, len(texts), batch_size):
+  for start in range(0, len(ids), batch_size):
     rows = slice(start, start + batch_size)
     n = len(ids[rows])
     batch_ids = np.zeros((batch_size, length), np.int32)
@@ -70,5 +78,17 @@ def generate_texts(exp, graphdef, params, texts: Sequence[str], *, batch_size: i
     out = decoding.generate(model, batch_ids, batch_mask, cfg,
                             rng=jax.random.fold_in(jax.random.key(seed), start))
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-    outputs += [exp.tokenizer.decode(tokens[i, :lengths[i]].tolist()) for i in range(n)]
+    for i in range(n):
+      row = tokens[i, :lengths[i]].tolist()
+      outputs.append(row[:-1] if row and row[-1] in cfg.eos_ids else row)
   return outputs
+
+
+def generate_texts(exp, graphdef, params, texts: Sequence[str], *, batch_size: int,
+                   max_new_tokens: int, seed: int = 0, **options) -> list[str]:
+  """The generated continuation (decoder) or output (T5) of each text, as text."""
+  length = prompt_length(exp, max_new_tokens)
+  ids, mask = encode_prompts(exp.tokenizer, exp.model_cfg.family, texts, length)
+  return [exp.tokenizer.decode(out) for out in generate_ids(
+      exp, graphdef, params, ids, mask, batch_size=batch_size, max_new_tokens=max_new_tokens,
+      seed=seed, **options)]

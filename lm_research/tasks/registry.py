@@ -4,6 +4,7 @@
   tagging          a tag per word: token-classification head
   seq2seq          target text from input text: an encoder-decoder's own LM head
   prompt_response  a response after a prompt: a decoder's own LM head, loss on the response
+  chat             conversations in the model's chat template: loss on the assistant's turns
 
 The set-up (tasks/setup.py), the experiment (rows, eval) and predict ask the run's Task instead
 of comparing objective names.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from lm_research.tasks import chat_examples
 from lm_research.tasks import evaluate as task_eval
 from lm_research.tasks import examples as task_examples
 
@@ -26,7 +28,8 @@ class Task:
   head: str | None  # the head put on the body; None keeps the body's own LM head
   label_field: str | None  # the record field whose values are the labels (labels.json)
   unit: str  # what a record is, as train.epochs counts them
-  prediction: str  # what --mode=predict writes: 'classification', 'tagging' or 'generation'
+  # what --mode=predict writes: 'classification', 'tagging', 'generation' or 'chat'
+  prediction: str
   rows: Callable  # (exp) -> the row builder, (record, index) -> [row, ...] (tasks/examples.py)
   # (exp, graphdef, params, eval batches, loss_metrics(batches) -> dict, step) -> eval metrics
   metrics: Callable
@@ -72,14 +75,20 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          rows=lambda exp: task_examples.PromptResponseExamples(
              exp.tokenizer, exp.config.train.seq_len),
          metrics=_generation_task_metrics),
+    Task("chat", head=None, label_field=None, unit="conversations", prediction="chat",
+         rows=lambda exp: chat_examples.ChatExamples(
+             chat_examples.exp_format(exp), exp.config.train.seq_len),
+         metrics=chat_examples.chat_metrics),
 )}
 
 
 def task_of(config) -> Task | None:
   """The run's task: its objective when that is a task's, causal LM on (prompt, response)
-  pairs, or None for pretraining."""
+  pairs or on conversations, or None for pretraining."""
   if config.objective in TASKS:
     return TASKS[config.objective]
   if config.objective == "causal_lm" and config.data.kind == "seq2seq":
     return TASKS["prompt_response"]
+  if config.objective == "causal_lm" and config.data.kind == "chat":
+    return TASKS["chat"]
   return None

@@ -1,0 +1,158 @@
+"""Talk to a model by hand: one user message per line in, the assistant's reply out.
+
+  python -m lm_research.chat --workdir=runs/gpt_chat           # a chat fine-tune's latest weights
+  python -m lm_research.chat --init_from=Qwen2.5-0.5B-Instruct/  # a Hugging Face folder as is
+  printf 'Hello\\nAnd then?\\n' | python -m lm_research.chat --workdir=runs/gpt_chat
+
+The conversation is kept (a line '/reset' starts a new one) and rendered with the model's chat
+template, or the default format of tasks/chat_format.py for a tokenizer without one; a reply
+ends at an end-of-turn or any EOS id. Greedy unless --strategy=sample. When the conversation
+outgrows --max_prompt_tokens its oldest tokens are dropped. End of input ends the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuning run's directory (its config.json "
+                               "and latest checkpoint).")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "A Hugging Face folder to chat with instead "
+                                 "(weights, tokenizer.json, chat template).")
+_SYSTEM = flags.DEFINE_string("system", "", "A system message that opens the conversation.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
+_MAX_PROMPT = flags.DEFINE_integer("max_prompt_tokens", 0, "Conversation tokens a reply sees "
+                                   "(0: the run's train.seq_len, or 1024 for a folder).")
+_STRATEGY = flags.DEFINE_enum("strategy", "greedy", ["greedy", "sample"], "How to pick tokens.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
+_TOP_P = flags.DEFINE_float("top_p", 0.9, "Sampling: the nucleus' probability mass.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+class Session:
+  """A model, its chat format and decoding options; ``reply`` answers a conversation."""
+
+  def __init__(self, model, fmt, prompt_tokens: int, **options):
+    from lm_research import decoding  # noqa: PLC0415  (JAX only once flags are valid)
+    self.model, self.fmt, self.prompt_tokens = model, fmt, prompt_tokens
+    self.cfg = decoding.DecodeConfig(eos_id=fmt.stop_ids, pad_id=fmt.tok.pad_id, **options)
+    self.turns = 0
+
+  def reply(self, messages: list[dict], seed: int = 0) -> str:
+    """The assistant's next message after ``messages``."""
+    import jax  # noqa: PLC0415
+    from lm_research import decoding  # noqa: PLC0415
+    from lm_research.tasks import chat_examples  # noqa: PLC0415
+    ids, mask, _ = chat_examples.prompt_rows(self.fmt, [messages], self.prompt_tokens)
+    rng = jax.random.fold_in(jax.random.key(seed), self.turns)
+    self.turns += 1
+    out = decoding.generate(self.model, ids, mask, self.cfg, rng=rng)
+    return self.fmt.reply_text(out.tokens[0, :int(out.lengths[0])].tolist())
+
+
+def _options() -> dict:
+  sample = _STRATEGY.value == "sample"
+  return dict(max_new_tokens=_MAX_NEW.value, strategy=_STRATEGY.value,
+              temperature=_TEMPERATURE.value if sample else 1.0,
+              top_p=_TOP_P.value if sample else 1.0)
+
+
+def _prompt_tokens(max_len: int | None, default: int) -> int:
+  """--max_prompt_tokens (or ``default``), leaving learned positions room for the reply."""
+  length = _MAX_PROMPT.value or default
+  if max_len is not None:
+    length = min(length, max_len - _MAX_NEW.value)
+  if length < 1:
+    raise ValueError(f"--max_new_tokens={_MAX_NEW.value} leaves no room for a prompt in the "
+                     f"model's {max_len} positions; lower it")
+  return length
+
+
+def from_folder(folder: str) -> Session:
+  """A Session on a Hugging Face folder's weights, tokenizer and chat template."""
+  from lm_research.data.tokenizer import load_tokenizer  # noqa: PLC0415
+  from lm_research.interop import hf  # noqa: PLC0415
+  from lm_research.tasks import chat_format  # noqa: PLC0415
+  if not os.path.isfile(os.path.join(folder, "config.json")):
+    raise ValueError(f"--init_from={folder!r} is not a Hugging Face folder (no config.json)")
+  model, cfg = hf.load(folder)
+  fmt = chat_format.chat_format(load_tokenizer(folder, "decoder"), folder)
+  learned = cfg.max_len if cfg.position == "learned" else None
+  return Session(model, fmt, _prompt_tokens(learned, 1024), **_options())
+
+
+def from_workdir(workdir: str) -> Session:
+  """A Session on a run's latest (EMA, if kept) weights, with its tokenizer and format."""
+  import ml_collections  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  from lm_research import checkpointing, experiment, sharding, train  # noqa: PLC0415
+  from lm_research.optim import inference_params, make_optimizer  # noqa: PLC0415
+  from lm_research.tasks import chat_examples  # noqa: PLC0415
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"--workdir={workdir!r} has no config.json; train there first, or chat "
+                     "with a Hugging Face folder through --init_from")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  exp = experiment.make_experiment(config, None, workdir)
+  if exp.model_cfg.family != "decoder" or exp.model_cfg.head != "lm":
+    raise ValueError(f"--workdir={workdir!r} holds a {exp.model_cfg.family} with a "
+                     f"{exp.model_cfg.head} head; chat needs a decoder language model")
+  tx, _ = make_optimizer(exp.optim_cfg)
+  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    with sharding.active_mesh(exp.mesh):
+      graphdef, state, _, _ = train.trained_state(exp, tx, ckpt)
+  finally:
+    ckpt.close()
+  model = nnx.merge(graphdef, inference_params(state.params, state.opt_state))
+  learned = exp.model_cfg.max_len if exp.model_cfg.position == "learned" else None
+  return Session(model, chat_examples.exp_format(exp),
+                 _prompt_tokens(learned, exp.config.train.seq_len), **_options())
+
+
+def converse(session: Session, lines, out, system: str = "", seed: int = 0) -> int:
+  """Answers each line of ``lines`` on ``out`` ('/reset' forgets the conversation); returns
+  the number of replies."""
+  opening = [{"role": "system", "content": system}] if system else []
+  messages, replies = list(opening), 0
+  for line in lines:
+    text = line.rstrip("\n")
+    if not text.strip():
+      continue
+    if text.strip() == "/reset":
+      messages = list(opening)
+      continue
+    messages.append({"role": "user", "content": text})
+    answer = session.reply(messages, seed)
+    messages.append({"role": "assistant", "content": answer})
+    print(answer, file=out, flush=True)
+    replies += 1
+  return replies
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
+    raise app.UsageError("give exactly one of --workdir (a trained run) and --init_from (a "
+                         "Hugging Face folder)")
+  session = from_workdir(_WORKDIR.value) if _WORKDIR.value else from_folder(_INIT_FROM.value)
+  if sys.stdin.isatty():
+    print("Type a message and press Enter; /reset starts over; Ctrl-D ends.", file=sys.stderr)
+  converse(session, sys.stdin, sys.stdout, _SYSTEM.value, _SEED.value)
+
+
+def run() -> None:
+  """Console entry: a bad workdir, folder or flag is one line, not a traceback."""
+  try:
+    app.run(main)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  run()

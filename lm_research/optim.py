@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 # Parameter leaves that get weight decay; biases, norm scales and other vectors do not.
-DECAYED_NAMES = ("kernel", "embedding")
+DECAYED_NAMES = ("kernel", "embedding", "lora_a", "lora_b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,9 @@ class OptimConfig:
   eps: float = 1e-8
   grad_clip: float = 0.0
   ema_decay: float = 0.0
+  # An nnx filter of the parameters to train (models/lora.py: train.lora); None trains all.
+  # Not a config key: make_experiment sets it from the model.
+  trainable: Callable | None = None
 
   def __post_init__(self):
     if self.optimizer not in ("adamw", "adafactor"):
@@ -42,10 +46,10 @@ class OptimConfig:
                        "average, 0.99-0.9999 are usual.")
 
   @classmethod
-  def from_train_config(cls, train: Any) -> "OptimConfig":
+  def from_train_config(cls, train: Any, trainable: Callable | None = None) -> "OptimConfig":
     """Picks the optimizer fields out of the ``config.train`` block."""
     names = [f.name for f in dataclasses.fields(cls)]
-    return cls(**{n: train[n] for n in names if n in train})
+    return cls(**{n: train[n] for n in names if n in train}, trainable=trainable)
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -92,7 +96,21 @@ def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, opta
                                  weight_decay_mask=decay_mask))
   if cfg.ema_decay > 0:
     parts.append(params_ema(cfg.ema_decay))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  return (tx if cfg.trainable is None else only(tx, cfg.trainable)), schedule
+
+
+def only(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+  """``tx`` over the parameters ``trainable`` (an nnx filter) selects: its state covers only
+  them, and updates are theirs (the train step differentiates only them, steps.py)."""
+  def init(params):
+    return tx.init(nnx.filter_state(params, trainable))
+
+  def update(updates, state, params=None):
+    return tx.update(updates, state, None if params is None
+                     else nnx.filter_state(params, trainable))
+
+  return optax.GradientTransformation(init, update)
 
 
 class ParamsEMAState(NamedTuple):
@@ -128,8 +146,11 @@ def params_ema(decay: float) -> optax.GradientTransformation:
 
 def inference_params(params: Any, opt_state: Any) -> Any:
   """The weights to evaluate, predict and export with: the moving average when train.ema_decay
-  keeps one, else ``params``."""
+  keeps one (of the trained parameters only, with LoRA: the frozen rest as they are), else
+  ``params``."""
   for part in opt_state if isinstance(opt_state, tuple) else ():
     if isinstance(part, ParamsEMAState):
-      return part.params_ema
+      if jax.tree.structure(part.params_ema) == jax.tree.structure(params):
+        return part.params_ema
+      return nnx.merge_state(params, part.params_ema)
   return params

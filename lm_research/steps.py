@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from lm_research.models import lora
 from lm_research.objectives.losses import Objective
 
 
@@ -33,6 +34,9 @@ class StepConfig:
 
   grad_accum_steps: int = 1
   z_loss: float = 0.0
+  # An nnx filter of the parameters to differentiate and update (models/lora.py); None: all.
+  # The optimizer must hold state for exactly these (optim.make_optimizer's ``trainable``).
+  trainable: Any = None
 
 
 def _split_microbatches(batch: dict, k: int) -> dict:
@@ -52,36 +56,39 @@ def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict, *, object
   """One optimizer update on ``batch``; returns the new state and scalar metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
   denominators = objective.denominators(batch)
+  # Gradients only of what trains: a LoRA run never computes (or stores) the frozen base's.
+  trained, frozen = lora.split(state.params, cfg.trainable)
 
   def loss_fn(params, micro, micro_rng):
-    numerators = objective.numerators(nnx.merge(graphdef, params), micro, micro_rng, cfg.z_loss)
+    model = nnx.merge(graphdef, lora.join(params, frozen))
+    numerators = objective.numerators(model, micro, micro_rng, cfg.z_loss)
     ratios = objective.ratios(numerators, denominators)
     return ratios["loss"], ratios
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if cfg.grad_accum_steps == 1:
-    (_, ratios), grads = grad_fn(state.params, batch, rng)
+    (_, ratios), grads = grad_fn(trained, batch, rng)
   else:
     micro = _split_microbatches(batch, cfg.grad_accum_steps)
 
     def accumulate(carry, inputs):
       i, mb = inputs
-      (_, r), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+      (_, r), g = grad_fn(trained, mb, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (g, r)), None
 
     metric_names = set(objective.terms) | {"loss"}
-    zeros = (jax.tree.map(jnp.zeros_like, state.params),
+    zeros = (jax.tree.map(jnp.zeros_like, trained),
              {name: jnp.zeros((), jnp.float32) for name in metric_names})
     (grads, ratios), _ = jax.lax.scan(
         accumulate, zeros, (jnp.arange(cfg.grad_accum_steps), micro))
 
   grad_norm = optax.global_norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, trained)
   finite = jnp.isfinite(ratios["loss"]) & jnp.isfinite(grad_norm)
   # A non-finite update is never applied, so the state stays the last good one; the host
   # then stops the run or carries on, as train.on_nan says.
-  params = _tree_where(finite, params, state.params)
+  trained = _tree_where(finite, optax.apply_updates(trained, updates), trained)
+  params = lora.join(trained, frozen)
   opt_state = _tree_where(finite, opt_state, state.opt_state)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = dict(ratios, grad_norm=grad_norm, param_norm=optax.global_norm(params),

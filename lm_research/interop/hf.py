@@ -5,6 +5,7 @@ safetensors, never pickle).
   model, cfg = hf.load(path, head="sequence_classification")  # a new head starts fresh
   model, cfg = hf.load("Qwen2.5-7B/", mesh=mesh)     # each tensor straight into its sharding
   hf.save(model, cfg, "out/")                         # transformers' from_pretrained reads it
+                                                      # (LoRA adapters merged into the weights)
 
 Each model type's config and weight-name mapping lives in its own module (bert.py, gpt2.py,
 t5.py, llama.py, listed in families.py); this module does the files, the checks and the warnings.
@@ -29,7 +30,7 @@ from safetensors.numpy import save_file
 from lm_research import sharding
 from lm_research.interop.families import FAMILIES, for_saving, model_type_of
 from lm_research.interop.family import HEAD_PARAMS, HFFamily, same
-from lm_research.models import ModelConfig, build_model
+from lm_research.models import ModelConfig, build_model, lora
 from lm_research.models.layout import flatten, get_params, set_params, stack_layers, unflatten
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -291,11 +292,12 @@ def save(model: nnx.Module, cfg: ModelConfig, path: str | Path,
   ``model_type``: the HF type to write (e.g. 'mistral'); None picks it from ``cfg``
   (families.for_saving: a RoPE decoder is Llama, or Qwen2 with q/k/v-only biases).
   Weights over ``max_shard_bytes`` (5 GB, transformers' usual size) go into shards + an index.
+  LoRA adapters (train.lora) are merged into the kernels they adapt: W + (alpha / rank) A B.
   """
   fam = for_saving(cfg, model_type)
   hf = fam.config_to_hf(cfg)
   arch = hf["architectures"][0]
-  params = flatten(get_params(model))
+  params = flatten(lora.merged(get_params(model), model.cfg.lora))
   tensors: dict[str, np.ndarray] = {}
   fused: dict[str, dict[int, np.ndarray]] = {}
   for entry in fam.entries(cfg):

@@ -16,7 +16,7 @@ from lm_research import sharding
 from lm_research.models import attention_kernels, pallas_attention
 from lm_research.models.attention_kernels import Segments
 from lm_research.models.config import ModelConfig
-from lm_research.models.layers import dense, normal_init
+from lm_research.models.layers import dense, normal_init, project
 from lm_research.models.softmax_attention import attention_weights, softmax_attention
 
 # The name remat policies use to keep the attention output (models/blocks.py: 'save_dots').
@@ -167,11 +167,14 @@ class Attention(nnx.Module):
     n, k, h, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
     self.num_heads, self.kv_heads, self.head_dim = n, k, h
     qkv_bias = cfg.use_bias or cfg.qkv_bias
-    self.query = dense(cfg, d, n * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias)
+    self.query = dense(cfg, d, n * h, ("embed", "heads"), rngs=rngs, use_bias=qkv_bias,
+                       lora_name="q")
     # 'kv_heads', not 'heads': with fewer KV heads than mesh.tensor they are replicated.
-    self.key = dense(cfg, d, k * h, ("embed", "kv_heads"), rngs=rngs, use_bias=qkv_bias)
-    self.value = dense(cfg, d, k * h, ("embed", "kv_heads"), rngs=rngs, use_bias=qkv_bias)
-    self.out = dense(cfg, n * h, d, ("heads", "embed"), rngs=rngs)
+    self.key = dense(cfg, d, k * h, ("embed", "kv_heads"), rngs=rngs, use_bias=qkv_bias,
+                     lora_name="k")
+    self.value = dense(cfg, d, k * h, ("embed", "kv_heads"), rngs=rngs, use_bias=qkv_bias,
+                       lora_name="v")
+    self.out = dense(cfg, n * h, d, ("heads", "embed"), rngs=rngs, lora_name="o")
     self.rope_theta = cfg.rope_theta if cfg.position == "rope" else None
     self.rope_llama3 = None if cfg.rope_scaling_factor == 1.0 else (
         cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
@@ -185,17 +188,18 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, *, mask_B1TS: jax.Array,
                bias_BNTS: jax.Array | None = None, q_positions_BT: jax.Array | None = None,
                k_positions_BS: jax.Array | None = None, causal: bool = False,
-               segments: Segments | None = None) -> jax.Array:
-    k_BSKH, v_BSKH = self.keys_values(kv_BSD, k_positions_BS)
+               segments: Segments | None = None, rng: jax.Array | None = None) -> jax.Array:
+    """``rng``: LoRA adapters' dropout (none when None)."""
+    k_BSKH, v_BSKH = self.keys_values(kv_BSD, k_positions_BS, rng)
     return self.attend(x_BTD, k_BSKH, v_BSKH, mask_B1TS=mask_B1TS, bias_BNTS=bias_BNTS,
-                       q_positions_BT=q_positions_BT, causal=causal, segments=segments)
+                       q_positions_BT=q_positions_BT, causal=causal, segments=segments, rng=rng)
 
-  def keys_values(self, kv_BSD: jax.Array,
-                  k_positions_BS: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def keys_values(self, kv_BSD: jax.Array, k_positions_BS: jax.Array | None = None,
+                  rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Keys (rotated when RoPE is on) and values of ``kv_BSD``, (B, S, K, H) each."""
     b, s, _ = kv_BSD.shape
-    k_BSKH = self.key(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
-    v_BSKH = self.value(kv_BSD).reshape(b, s, self.kv_heads, self.head_dim)
+    k_BSKH = project(self.key, kv_BSD, rng, 1).reshape(b, s, self.kv_heads, self.head_dim)
+    v_BSKH = project(self.value, kv_BSD, rng, 2).reshape(b, s, self.kv_heads, self.head_dim)
     if self.rope_theta is not None:
       k_BSKH = apply_rope(k_BSKH, k_positions_BS, self.rope_theta, self.rope_llama3)
     return k_BSKH, v_BSKH
@@ -203,11 +207,11 @@ class Attention(nnx.Module):
   def attend(self, x_BTD: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *,
              mask_B1TS: jax.Array, bias_BNTS: jax.Array | None = None,
              q_positions_BT: jax.Array | None = None, causal: bool = False,
-             segments: Segments | None = None) -> jax.Array:
+             segments: Segments | None = None, rng: jax.Array | None = None) -> jax.Array:
     """Queries from ``x_BTD`` over given keys and values (fresh or a KV cache), projected out;
     ``causal`` and ``segments``: see ``dot_product_attention``."""
     b, t, _ = x_BTD.shape
-    q_BTNH = self.query(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
+    q_BTNH = project(self.query, x_BTD, rng, 0).reshape(b, t, self.num_heads, self.head_dim)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))
     if self.rope_theta is not None:
       q_BTNH = apply_rope(q_BTNH, q_positions_BT, self.rope_theta, self.rope_llama3)
@@ -222,4 +226,4 @@ class Attention(nnx.Module):
                                    implementation=self.implementation, causal=causal,
                                    segments=segments)
     o_BTNH = checkpoint_name(o_BTNH, ATTENTION_OUT)
-    return self.out(o_BTNH.reshape(b, t, self.num_heads * self.head_dim))
+    return project(self.out, o_BTNH.reshape(b, t, self.num_heads * self.head_dim), rng, 3)

@@ -87,13 +87,13 @@ class Block(nnx.Module):
         x_BTD, self.attn_norm,
         lambda h: self.attn(h, h, mask_B1TS=ctx.self_mask_B1TS, bias_BNTS=ctx.self_bias_BNTS,
                             q_positions_BT=ctx.positions_BT, k_positions_BS=ctx.positions_BT,
-                            causal=ctx.self_causal, segments=ctx.self_segments),
+                            causal=ctx.self_causal, segments=ctx.self_segments, rng=rngs[0]),
         rngs[0])
     if self.has_cross:
       x_BTD = self._residual(
           x_BTD, self.cross_norm,
           lambda h: self.cross_attn(h, ctx.memory_BSD, mask_B1TS=ctx.cross_mask_B1TS,
-                                    segments=ctx.cross_segments),
+                                    segments=ctx.cross_segments, rng=rngs[1]),
           rngs[1])
     x_BTD = self._residual(x_BTD, self.mlp_norm, lambda h: self.mlp(h, rngs[2]), rngs[3])
     return sharding.constrain(x_BTD, ("batch", "length", "embed"))

@@ -23,6 +23,52 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "flash")
 DROPOUT_IMPLS = ("auto", "hash", "jax", "rbg", "unsafe_rbg")
 MATMUL_PRECISIONS = ("default", "high", "highest")
 BACKENDS = ("cpu", "gpu", "tpu")
+# LoRA targets: our projection names, and groups of them (HF: q_proj, k_proj, v_proj, o_proj,
+# gate_proj, up_proj = wi, down_proj = wo; BERT's query, key, value, attention.output, ...).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "wi", "wo")
+LORA_GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "wi", "wo"),
+               "all": LORA_TARGETS}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  """Low-rank adapters on chosen projections (``config.train.lora``); rank 0 = none."""
+
+  rank: int = 0
+  alpha: float = 16.0  # the update is (alpha / rank) * x A B
+  dropout: float = 0.0  # on the adapters' input only
+  targets: str = "q,k,v,o"  # comma-separated names of LORA_TARGETS or LORA_GROUPS
+  base_dtype: str = ""  # '' keeps the frozen weights in model.param_dtype; 'bfloat16' halves them
+
+  def __post_init__(self):
+    if self.rank < 0:
+      raise ValueError(f"train.lora.rank must be 0 (off) or positive, got {self.rank}.")
+    if self.alpha <= 0:
+      raise ValueError(f"train.lora.alpha must be positive, got {self.alpha}.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"train.lora.dropout must be in [0, 1), got {self.dropout}.")
+    if self.base_dtype not in ("",) + DTYPES:
+      raise ValueError(f"train.lora.base_dtype={self.base_dtype!r} is not one of '', "
+                       f"{', '.join(DTYPES)}.")
+    self.target_names  # noqa: B018  (validates the names now, not at the first layer)
+
+  @property
+  def target_names(self) -> frozenset[str]:
+    """The projections that get adapters, groups expanded; a bad name raises one line."""
+    names = set()
+    for name in (n.strip() for n in self.targets.split(",") if n.strip()):
+      if name not in LORA_TARGETS and name not in LORA_GROUPS:
+        raise ValueError(f"train.lora.targets: {name!r} is not a projection name; use a "
+                         f"comma-separated list of {', '.join(LORA_TARGETS + tuple(LORA_GROUPS))}.")
+      names.update(LORA_GROUPS.get(name, (name,)))
+    if not names and self.rank:
+      raise ValueError("train.lora.targets is empty; name the projections to adapt, e.g. "
+                       "'q,k,v,o' or 'attention,mlp'.")
+    return frozenset(names)
+
+  def adapts(self, name: str | None) -> bool:
+    """Whether projection ``name`` gets an adapter."""
+    return self.rank > 0 and name in self.target_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +132,9 @@ class ModelConfig:
   # GPU/TPU), 'high' or 'highest' asks for more; bfloat16 matmuls are unaffected
   matmul_precision: str = "default"
   scan_layers: bool = False  # one jax.lax.scan over stacked layers instead of a Python loop
+  # Low-rank adapters, from config.train.lora (not a config.model key: a body's architecture
+  # never brings them); models/lora.py trains, merges and counts them.
+  lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
   def __post_init__(self):
     _check_choice("family", self.family, FAMILIES)
@@ -134,6 +183,10 @@ class ModelConfig:
       raise ValueError(f"model.num_labels must be at least 1, got {self.num_labels}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    named = [n.strip() for n in self.lora.targets.split(",")]
+    if self.lora.rank and "gate" in named and not self.gated_mlp:
+      raise ValueError("train.lora.targets names 'gate', but this model's MLP is not gated; "
+                       "drop it (the MLP's projections are wi and wo).")
 
   @property
   def dim_per_head(self) -> int:
@@ -182,6 +235,8 @@ class ModelConfig:
         near = difflib.get_close_matches(key, valid, n=1)
         hint = f" Did you mean model.{near[0]}?" if near else ""
         raise ValueError(f"Unknown model config key model.{key}.{hint}")
+    if isinstance(block.get("lora"), Mapping):  # ModelConfig.to_dict's nested form
+      block["lora"] = LoRAConfig(**block["lora"])
     return cls(**block)
 
   def to_dict(self) -> dict[str, Any]:

@@ -34,14 +34,54 @@ def ones_init(names: tuple[str | None, ...]):
 
 
 def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str, str], *,
-          rngs: nnx.Rngs, use_bias: bool | None = None) -> nnx.Linear:
-  """A Linear layer with kernel (d_in, d_out) named ``names`` and a bias named names[1]."""
-  return nnx.Linear(
-      d_in, d_out,
-      use_bias=cfg.use_bias if use_bias is None else use_bias,
-      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=normal_init(cfg, names), bias_init=zeros_init((names[1],)),
-      rngs=rngs)
+          rngs: nnx.Rngs, use_bias: bool | None = None,
+          lora_name: str | None = None) -> nnx.Linear:
+  """A Linear layer with kernel (d_in, d_out) named ``names`` and a bias named names[1]; a
+  ``LoRALinear`` when ``lora_name`` is one of ``cfg.lora``'s targets."""
+  linear = dict(use_bias=cfg.use_bias if use_bias is None else use_bias,
+                dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                kernel_init=normal_init(cfg, names), bias_init=zeros_init((names[1],)),
+                rngs=rngs)
+  if cfg.lora.adapts(lora_name):
+    return LoRALinear(d_in, d_out, cfg=cfg, names=names, **linear)
+  return nnx.Linear(d_in, d_out, **linear)
+
+
+class LoRAParam(nnx.Param):
+  """A low-rank adapter matrix: the only body parameters a LoRA fine-tune trains."""
+
+
+class LoRALinear(nnx.Linear):
+  """A Linear layer plus a trainable low-rank update: x W + b + (alpha / rank) drop(x) A B."""
+
+  def __init__(self, d_in: int, d_out: int, *, cfg: ModelConfig, names: tuple[str, str],
+               rngs: nnx.Rngs, **linear):
+    """nnx.Linear's layer, plus A (d_in, rank) and B (rank, d_out) sharded along its axes."""
+    super().__init__(d_in, d_out, rngs=rngs, **linear)
+    dtype = jnp.dtype(cfg.param_dtype)
+    # A as PEFT draws it (kaiming-uniform, a=sqrt(5): U(+-1/sqrt(d_in))); B zero, so the
+    # adapted model starts as the base model.
+    a_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    self.lora_a = LoRAParam(nnx.with_partitioning(a_init, (names[0], None), eager_sharding=False)(
+        rngs.params(), (d_in, cfg.lora.rank), dtype))
+    self.lora_b = LoRAParam(zeros_init((None, names[1]))(None, (cfg.lora.rank, d_out), dtype))
+    self.lora_scale = cfg.lora.alpha / cfg.lora.rank
+    self.lora_dropout = cfg.lora.dropout
+    self.dropout_impl = cfg.dropout_impl
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    y = super().__call__(x)
+    h = dropout(x, self.lora_dropout, rng, self.dropout_impl).astype(y.dtype)
+    a = self.lora_a[...].astype(y.dtype)
+    b = self.lora_b[...].astype(y.dtype)
+    return y + (h @ a @ b) * jnp.asarray(self.lora_scale, y.dtype)
+
+
+def project(layer: nnx.Linear, x: jax.Array, rng: jax.Array | None, salt: int) -> jax.Array:
+  """``layer(x)``; a LoRA layer also gets its adapter-dropout key, fold_in(rng, salt)."""
+  if isinstance(layer, LoRALinear) and rng is not None:
+    return layer(x, jax.random.fold_in(rng, salt))
+  return layer(x)
 
 
 class Norm(nnx.Module):
@@ -100,18 +140,20 @@ class Mlp(nnx.Module):
     self.activation = cfg.activation
     self.gated = cfg.gated_mlp
     if cfg.gated_mlp:
-      self.gate = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), rngs=rngs)
-    self.wi = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), rngs=rngs)
-    self.wo = dense(cfg, cfg.d_ff, cfg.d_model, ("mlp", "embed"), rngs=rngs)
+      self.gate = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), rngs=rngs,
+                        lora_name="gate")
+    self.wi = dense(cfg, cfg.d_model, cfg.d_ff, ("embed", "mlp"), rngs=rngs, lora_name="wi")
+    self.wo = dense(cfg, cfg.d_ff, cfg.d_model, ("mlp", "embed"), rngs=rngs, lora_name="wo")
     # HF's T5 drops out inside the MLP; BERT and GPT-2 only after it (done by the block).
     self.rate = cfg.dropout_rate if cfg.family == "encoder_decoder" else 0.0
     self.dropout_impl = cfg.dropout_impl
 
   def __call__(self, x_BTD: jax.Array, rng: jax.Array | None) -> jax.Array:
+    """``rng``: T5's inner dropout, and LoRA adapters' (keys folded from it)."""
     act = activation_fn(self.activation)
     if self.gated:
-      h_BTF = act(self.gate(x_BTD)) * self.wi(x_BTD)
+      h_BTF = act(project(self.gate, x_BTD, rng, 1)) * project(self.wi, x_BTD, rng, 2)
     else:
-      h_BTF = act(self.wi(x_BTD))
+      h_BTF = act(project(self.wi, x_BTD, rng, 2))
     h_BTF = dropout(h_BTF, self.rate, rng, self.dropout_impl)
-    return self.wo(h_BTF)
+    return project(self.wo, h_BTF, rng, 3)

@@ -101,6 +101,15 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.z_loss = 0.0  # weight of log(Z)^2, stabilises decoder logits
   c.train.on_nan = "stop"  # 'stop' the run, or 'skip' the update, on a NaN/Inf loss
   c.train.log_every_steps = 10
+  # LoRA: low-rank adapters on the chosen projections; only they (and a new task head) train
+  # and have optimizer state (models/lora.py); hf.save merges them into the weights
+  c.train.lora = ml_collections.ConfigDict()
+  c.train.lora.rank = 0  # adapter rank; 0 = off (every parameter trains)
+  c.train.lora.alpha = 16.0  # the update is scaled by alpha / rank
+  c.train.lora.dropout = 0.0  # dropout on the adapters' input
+  # comma-separated: q, k, v, o (attention), gate, wi, wo (MLP), or 'attention', 'mlp', 'all'
+  c.train.lora.targets = "q,k,v,o"
+  c.train.lora.base_dtype = ""  # '' = model.param_dtype; 'bfloat16' stores the frozen base in bf16
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 50  # 0 disables periodic evaluation

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm_research import metrics, sharding, steps
 from lm_research.data import inputs
-from lm_research.models import ModelConfig, build_model
+from lm_research.models import ModelConfig, build_model, lora
 from lm_research.objectives.registry import get_objective
 from lm_research.optim import OptimConfig
 from lm_research.tasks import examples as task_examples
@@ -82,7 +82,8 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
                      f"{', '.join(task_examples.TRUNCATIONS)}.")
   open_split = inputs.DataSources(config.data, workdir)
   labels = task_setup.prepare(config, workdir, open_split)
-  model_cfg = ModelConfig.from_dict(config.model)
+  model_cfg = ModelConfig.from_dict(config.model).replace(
+      lora=lora.LoRAConfig(**config.train.lora))
   objective = get_objective(config.objective)
   if model_cfg.family not in objective.families:
     raise ValueError(f"objective={config.objective!r} trains {' or '.join(objective.families)} "
@@ -103,13 +104,15 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   if config.eval.every_steps and config.eval.steps < (0 if task_of(config) else 1):
     raise ValueError("eval.steps must be at least 1 (0 = the whole eval set, fine-tuning only) "
                      "when eval.every_steps is set.")
+  trainable = lora.trainable_filter(model_cfg)  # None: every parameter trains
   tokenizer = None
   if config.data.source != "synthetic":
     tokenizer = inputs.get_tokenizer(config, model_cfg.family, workdir, open_split)
   return Experiment(
-      config=config, model_cfg=model_cfg, optim_cfg=OptimConfig.from_train_config(config.train),
+      config=config, model_cfg=model_cfg,
+      optim_cfg=OptimConfig.from_train_config(config.train, trainable=trainable),
       step_cfg=steps.StepConfig(grad_accum_steps=config.train.grad_accum_steps,
-                                z_loss=config.train.z_loss),
+                                z_loss=config.train.z_loss, trainable=trainable),
       mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer, labels=labels,
       open_split=open_split)
 
@@ -128,7 +131,7 @@ def state_layout(exp: Experiment, tx):
 
   @functools.partial(jax.jit, out_shardings=state_sh)
   def init():
-    params = nnx.state(build_model(exp.model_cfg, seed))
+    params = lora.store_frozen(nnx.state(build_model(exp.model_cfg, seed)), exp.model_cfg)
     return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                             opt_state=tx.init(params),
                             rng=jax.random.fold_in(jax.random.key(seed), 1))
@@ -136,6 +139,7 @@ def state_layout(exp: Experiment, tx):
   abstract_state = jax.tree.map(
       lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
       jax.eval_shape(init), state_sh)
+  lora.log_summary(abstract_state.params, abstract_state.opt_state, exp.step_cfg.trainable)
   return graphdef, abstract_state, state_sh, init
 
 

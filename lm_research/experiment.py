@@ -14,11 +14,13 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm_research import metrics, sharding, steps
-from lm_research.data import inputs
+from lm_research.data import inputs, length_buckets
 from lm_research.models import ModelConfig, build_model, lora
 from lm_research.objectives.registry import get_objective
 from lm_research.optim import OptimConfig
@@ -104,17 +106,37 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   if config.eval.every_steps and config.eval.steps < (0 if task_of(config) else 1):
     raise ValueError("eval.steps must be at least 1 (0 = the whole eval set, fine-tuning only) "
                      "when eval.every_steps is set.")
+  if config.train.seq_len == 0 and (task_of(config) is None or config.data.source == "synthetic"):
+    raise ValueError("train.seq_len=0 (chosen from the data) is for fine-tuning on real data; "
+                     "set --config.train.seq_len to a length.")
   trainable = lora.trainable_filter(model_cfg)  # None: every parameter trains
   tokenizer = None
   if config.data.source != "synthetic":
     tokenizer = inputs.get_tokenizer(config, model_cfg.family, workdir, open_split)
-  return Experiment(
+  exp = Experiment(
       config=config, model_cfg=model_cfg,
       optim_cfg=OptimConfig.from_train_config(config.train, trainable=trainable),
       step_cfg=steps.StepConfig(grad_accum_steps=config.train.grad_accum_steps,
                                 z_loss=config.train.z_loss, trainable=trainable),
       mesh=mesh, objective=objective, workdir=workdir, tokenizer=tokenizer, labels=labels,
       open_split=open_split)
+  if config.train.seq_len == 0:
+    _choose_seq_len(exp)
+  return exp
+
+
+def _choose_seq_len(exp: Experiment) -> None:
+  """train.seq_len=0: the length that holds 99% of the training rows (rounded up to 8),
+  at most the model's positions; logged in one line."""
+  train = exp.config.train
+  train.seq_len = exp.model_cfg.max_len
+  chosen, lengths = length_buckets.fitting_length(exp.open_split("train"), task_rows(exp),
+                                                  train.seq_len)
+  logging.info("train.seq_len=0: %d tokens, which hold %d of %d training rows (99th "
+               "percentile %d, longest %d; model.max_len %d)", chosen,
+               int((lengths <= chosen).sum()), len(lengths), np.percentile(lengths, 99),
+               lengths.max(), exp.model_cfg.max_len)
+  train.seq_len = chosen
 
 
 def state_layout(exp: Experiment, tx):

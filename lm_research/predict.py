@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from lm_research import sharding, writers
-from lm_research.data import units
+from lm_research.data import inputs, length_buckets, units
 from lm_research.tasks import evaluate as task_eval
 from lm_research.tasks import examples as task_examples
 from lm_research.tasks import generate
@@ -128,29 +128,24 @@ def read_inputs(path: str, kind: str) -> list[Input]:
   return inputs
 
 
-def _padded_batches(rows: list[dict], batch_size: int):
-  """Host batches of ``batch_size`` rows; the last is filled with zero rows."""
-  for start in range(0, len(rows), batch_size):
-    part = rows[start:start + batch_size]
-    batch = {k: np.stack([r[k] for r in part]) for k in part[0]}
-    if len(part) < batch_size:
-      batch = {k: np.concatenate([v, np.zeros((batch_size - len(part),) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    yield batch
-
-
 def _apply(exp, graphdef, params, records: list[dict], kind: str) -> dict[str, np.ndarray]:
-  """The task's jitted prediction over every row of ``records``."""
+  """The task's jitted prediction over every row of ``records``, in batches of similar length
+  (data/length_buckets.py); rows come back in length order, ``index`` says whose they are."""
   from lm_research.experiment import task_rows  # noqa: PLC0415  (experiment imports this module)
   build = task_rows(exp)
-  rows = [row for i, record in enumerate(records) for row in build(record, i)]
+  prepared = length_buckets.PreparedRows(
+      [row for i, record in enumerate(records) for row in build(record, i)],
+      inputs.smallest_bucket(exp.config))
+  batches = length_buckets.BucketedBatches(prepared, batch_size=exp.config.predict.batch_size,
+                                           seed=0, shuffle=False, finite=True)
   fn = task_eval.compiled(kind, graphdef, exp.mesh)
   parts: dict[str, list] = {}
-  for host_batch in _padded_batches(rows, exp.config.predict.batch_size):
+  for host_batch in batches:
     out = jax.device_get(fn(params, sharding.global_batch(exp.mesh, host_batch)))
     for k, v in out.items():
       parts.setdefault(k, []).append(np.asarray(v))
-  return {k: np.concatenate(v)[:len(rows)] for k, v in parts.items()}
+  # The last batch's filler rows come last (length order puts them at the end).
+  return {k: length_buckets.concat_rows(v)[:len(prepared)] for k, v in parts.items()}
 
 
 def predictions(exp, graphdef, params, records: list[dict], kind: str) -> list[dict]:

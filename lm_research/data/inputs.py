@@ -36,6 +36,16 @@ class DataSources:
       self._opened[split] = sources.open_source(self.data_cfg, split, self.workdir)
     return self._opened[split]
 
+  def rows(self, split: str, builder, seq_len: int, smallest: int):
+    """The split's fine-tuning rows at ``seq_len`` (length_buckets.PreparedRows), built on first
+    use: every evaluation during training reuses them."""
+    key = ("rows", split, seq_len)
+    if key not in self._opened:
+      from lm_research.data import length_buckets  # noqa: PLC0415
+      self._opened[key] = length_buckets.PreparedRows.build(self(split), builder, split,
+                                                            smallest)
+    return self._opened[key]
+
 
 def get_tokenizer(config, family: str, workdir: str, open_split: DataSources | None = None):
   """The configured tokenizer, trained on process 0 on first use and then read by all."""
@@ -124,6 +134,9 @@ class ShardedBatches:
 
   def set_state(self, state: dict) -> None:
     """Continues every shard from a ``get_state`` result."""
+    if "shards" not in state:
+      raise ValueError("The checkpoint's data position is from length-bucketed batches; resume "
+                       "with --config.data.bucket_by_length=True, or start a new workdir.")
     if len(state["shards"]) != len(self.iterators):
       raise ValueError(f"The checkpoint's data state has {len(state['shards'])} shards, this "
                        f"process has {len(self.iterators)}; keep data.num_shards and the "
@@ -141,6 +154,9 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
   """
   process_index, process_count = jax.process_index(), jax.process_count()
   seed = config.seed if split == "train" else config.seed + EVAL_SEED_OFFSET
+  if examples is not None and config.data.bucket_by_length:
+    return _bucketed_batches(config, split, examples, open_split or DataSources(config.data,
+                                                                              workdir), seed)
   if config.data.source == "synthetic":
     return SyntheticSource(get_objective(config.objective), seed=seed,
                            batch_size=config.train.batch_size, seq_len=config.train.seq_len,
@@ -165,6 +181,25 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
 
   shards = range(process_index * per_process, (process_index + 1) * per_process)
   return ShardedBatches(make_shard, shards, finite=split != "train")
+
+
+def smallest_bucket(config) -> int:
+  """The shortest row a bucketed batch is cut to: the Pallas kernels' tile when they run."""
+  from lm_research.data import length_buckets  # noqa: PLC0415
+  from lm_research.models import ModelConfig, pallas_attention  # noqa: PLC0415
+  impl = ModelConfig.from_dict(config.model).resolved().attention_impl
+  return pallas_attention.BLOCK if impl in ("splash", "flash") else length_buckets.SMALLEST_BUCKET
+
+
+def _bucketed_batches(config, split: str, examples, open_split: DataSources, seed: int):
+  """Fine-tuning batches grouped by length (data/length_buckets.py)."""
+  from lm_research.data import length_buckets  # noqa: PLC0415
+  rows = open_split.rows(split, examples, config.train.seq_len, smallest_bucket(config))
+  return length_buckets.BucketedBatches(
+      rows, batch_size=config.train.batch_size, seed=seed, shuffle=split == "train",
+      finite=split != "train", process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      max_batches=config.eval.steps if split != "train" else 0)
 
 
 def eval_batches(config, batches: Iterator[dict], num_batches: int) -> Iterator[dict]:

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm_research import sharding
+from lm_research.data import length_buckets
 from lm_research.task_metrics import classification as cls_metrics
 from lm_research.task_metrics import generation as gen_metrics
 from lm_research.task_metrics import tagging as tag_metrics
@@ -80,7 +81,8 @@ def compiled(kind: str, graphdef, mesh):
 
 
 def _gather(exp, graphdef, params, batches, kind: str) -> dict[str, np.ndarray]:
-  """Every eval row's outputs, concatenated (padding rows included; their weights are 0)."""
+  """Every eval row's outputs, concatenated (padding rows included; their weights are 0; batches
+  of shorter rows padded to the widest)."""
   fn = compiled(kind, graphdef, exp.mesh)
   parts: dict[str, list] = {}
   for host_batch in synchronised(batches, exp.config.eval.steps):
@@ -89,7 +91,7 @@ def _gather(exp, graphdef, params, batches, kind: str) -> dict[str, np.ndarray]:
       parts.setdefault(k, []).append(np.asarray(v))
   if not parts:
     raise ValueError("the eval set produced no batches; check data.eval_path")
-  return {k: np.concatenate(v) for k, v in parts.items()}
+  return {k: length_buckets.concat_rows(v) for k, v in parts.items()}
 
 
 def classification_metrics(exp, graphdef, params, batches, step: int) -> dict[str, float]:

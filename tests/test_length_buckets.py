@@ -1,0 +1,144 @@
+"""Length-bucketed fine-tuning batches: cut widths by hand, every row once an epoch, exact
+resume, process slices, and eval metrics equal to fixed-length rows on the same weights."""
+
+import numpy as np
+import pytest
+
+from configs import finetune_classification, finetune_tagging, gpt_tiny
+from lm_research import experiment, sharding
+from lm_research.data import length_buckets
+from lm_research.optim import make_optimizer
+from test_finetune import ner_sentences, sentiment_rows, task_config, write_conll, write_jsonl
+
+
+def _rows(lengths, width=64):
+  """Classification-like rows whose attention masks hold ``lengths`` real tokens."""
+  rows = []
+  for i, n in enumerate(lengths):
+    ids = np.zeros(width, np.int32)
+    ids[:n] = np.arange(1, n + 1)
+    rows.append({"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32),
+                 "label": np.int32(i % 3), "weight": np.float32(1), "index": np.int32(i)})
+  return rows
+
+
+def test_bucket_lengths_are_powers_of_two_then_the_width():
+  assert length_buckets.bucket_lengths(100) == (16, 32, 64, 100)
+  assert length_buckets.bucket_lengths(128) == (16, 32, 64, 128)
+  assert length_buckets.bucket_lengths(512, smallest=128) == (128, 256, 512)
+
+
+def test_a_batch_is_cut_to_the_bucket_of_its_longest_row_and_filled_with_zero_rows():
+  prepared = length_buckets.PreparedRows(_rows([3, 20, 5, 40, 7]))
+  batches = list(length_buckets.BucketedBatches(prepared, batch_size=2, seed=0, shuffle=False,
+                                                finite=True))
+  # Longest first: (40, 20) -> 64, (7, 5) -> 16, (3, filler) -> 16.
+  assert [b["input_ids"].shape for b in batches] == [(2, 64), (2, 16), (2, 16)]
+  assert [list(b["index"]) for b in batches] == [[3, 1], [4, 2], [0, 0]]
+  assert batches[-1]["weight"].tolist() == [1.0, 0.0]
+  assert not batches[-1]["attention_mask"][1].any()
+  np.testing.assert_array_equal(batches[1]["input_ids"][0, :8], [1, 2, 3, 4, 5, 6, 7, 0])
+
+
+def test_training_order_sees_every_row_once_an_epoch_and_resumes_exactly():
+  lengths = np.random.default_rng(0).integers(1, 64, size=45)
+  prepared = length_buckets.PreparedRows(_rows(lengths))
+
+  def make():
+    return length_buckets.BucketedBatches(prepared, batch_size=8, seed=3, shuffle=True,
+                                          finite=False)
+
+  batches = make()
+  first_epoch = [next(batches) for _ in range(6)]  # ceil(45 / 8) batches
+  seen = np.concatenate([b["index"][b["weight"] > 0] for b in first_epoch])
+  assert sorted(seen.tolist()) == list(range(45))
+  for b in first_epoch:  # each batch is cut to the bucket of its longest row
+    longest = int(lengths[b["index"][b["weight"] > 0]].max())
+    assert b["input_ids"].shape[1] == next(x for x in (16, 32, 64) if x >= longest)
+  state = batches.get_state()
+  after = [next(batches) for _ in range(4)]
+  resumed = make()
+  resumed.set_state(state)
+  for a, b in zip(after, [next(resumed) for _ in range(4)]):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert [list(b["index"]) for b in after[:2]] != [list(b["index"]) for b in first_epoch[:2]]
+
+
+def test_each_process_takes_its_slice_of_the_same_global_batch():
+  prepared = length_buckets.PreparedRows(_rows(np.arange(1, 30)))
+  whole = length_buckets.BucketedBatches(prepared, batch_size=8, seed=1, shuffle=True,
+                                         finite=False)
+  parts = [length_buckets.BucketedBatches(prepared, batch_size=8, seed=1, shuffle=True,
+                                          finite=False, process_index=p, process_count=2)
+           for p in range(2)]
+  for _ in range(5):
+    expected = next(whole)
+    got = [next(p) for p in parts]
+    for k in expected:
+      np.testing.assert_array_equal(expected[k], np.concatenate([g[k] for g in got]))
+
+
+def test_old_fixed_row_positions_are_refused_in_one_line():
+  batches = length_buckets.BucketedBatches(length_buckets.PreparedRows(_rows([3])), batch_size=1,
+                                           seed=0, shuffle=True, finite=False)
+  with pytest.raises(ValueError, match="bucket_by_length=False"):
+    batches.set_state({"shards": [{}]})
+
+
+def test_fitting_length_holds_99_percent_rounded_up_to_8():
+  lengths = list(range(1, 101))  # 99th percentile 99.01 -> 104, capped at the width 100
+  chosen, seen = length_buckets.fitting_length(list(range(100)),
+                                               lambda r, i: _rows([lengths[i]], 100), 100)
+  assert chosen == 100 and seen.max() == 100
+  chosen, _ = length_buckets.fitting_length(list(range(50)),
+                                            lambda r, i: _rows([lengths[i]], 100), 100)
+  assert chosen == 56  # 99th percentile of 1..50 is 49.51
+
+
+def _eval_metrics(config, workdir):
+  exp = experiment.make_experiment(config, workdir=workdir)
+  tx, schedule = make_optimizer(exp.optim_cfg)
+  with sharding.active_mesh(exp.mesh):
+    graphdef, state, state_sh = experiment.create_train_state(exp, tx)
+    _, evaluate = experiment.compile_steps(exp, graphdef, state_sh, tx, schedule)
+    return experiment.run_eval(exp, evaluate, state.params, graphdef), exp
+
+
+@pytest.mark.parametrize("task", ["classification", "tagging"])
+def test_eval_on_bucketed_batches_equals_fixed_length_rows(tmp_path, task):
+  """Same weights, same eval set: cutting rows to buckets changes no metric."""
+  if task == "classification":
+    path = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(40, 0))
+    module = finetune_classification
+  else:
+    path = write_conll(tmp_path / "d.conll", ner_sentences(40, 0))
+    module = finetune_tagging
+  results = {}
+  for bucketed in (True, False):
+    c = task_config(module, path, path, seq_len=32, batch_size=8)
+    c.data.bucket_by_length = bucketed
+    c.eval.steps = 0
+    results[bucketed], _ = _eval_metrics(c, str(tmp_path / f"run_{bucketed}"))
+  assert results[True].keys() == results[False].keys()
+  for k, v in results[False].items():
+    assert results[True][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_seq_len_zero_is_chosen_from_the_training_rows(tmp_path, caplog):
+  rows = sentiment_rows(40, 0)
+  path = write_jsonl(tmp_path / "d.jsonl", rows)
+  c = task_config(finetune_classification, path, path, seq_len=0, batch_size=8)
+  with caplog.at_level("INFO"):
+    exp = experiment.make_experiment(c, workdir=str(tmp_path / "run"))
+  lengths = [len(exp.tokenizer.encode(r["text"])) + 2 for r in rows]  # [CLS] text [SEP]
+  expected = min(32, int(np.ceil(np.percentile(lengths, 99) / 8) * 8))  # model.max_len 32
+  assert exp.config.train.seq_len == expected
+  assert "train.seq_len=0:" in caplog.text
+
+
+def test_seq_len_zero_when_pretraining_is_a_one_line_error():
+  c = gpt_tiny.get_config()
+  c.train.seq_len = 0
+  with pytest.raises(ValueError, match="for fine-tuning on real data"):
+    experiment.make_experiment(c)

@@ -1,17 +1,22 @@
-"""Orbax checkpoints of the train state, plus each process's data-iterator position.
+"""Orbax checkpoints of the train state and of each process's data-iterator position.
 
 Layout of ``WORKDIR/checkpoints``:
   <step>/state      parameters, optimizer state, step, RNG (Orbax, async, any mesh)
   <step>/config     the resolved config (JSON)
-  data/process_<i>/<step>.json   where process i's data iterator stood after <step>
+  <step>/data/process_<i>-of-<n>.json   where process i of n's data iterator stood after <step>
+                    (Grain's checkpoint handler)
   quarantine/<step>-<reason>     steps that could not be read, moved aside (never deleted)
+  data/process_<i>/<step>.json   the data positions of workdirs saved before they moved into
+                    the step (still read on resume; dropped once Orbax drops their step)
 
-Orbax writes a step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact. On restore, a step whose stored shapes differ
-from the run's state is a config change (one error naming the differing fields, nothing moved);
-a step that cannot be read is corrupt: a training run moves it to quarantine/ and resumes from
-the newest readable step. A read-only Checkpointer (eval, predict) writes nothing into
-checkpoints/ and takes no lock, so it can read a workdir a training run is using.
+Orbax writes a step, data positions included, into a temporary directory and renames it when
+every process has written its part, so a run killed mid-save leaves the previous checkpoint
+intact and a committed step always has the data positions of its state. On restore, a step
+whose stored shapes differ from the run's state is a config change (one error naming the
+differing fields, nothing moved); a step that cannot be read is corrupt: a training run moves
+it to quarantine/ and resumes from the newest readable step. A read-only Checkpointer (eval,
+predict) writes nothing into checkpoints/ and takes no lock, so it can read a workdir a
+training run is using.
 """
 
 from __future__ import annotations
@@ -19,16 +24,16 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
-import signal
 import sys
-import threading
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
 QUARANTINE = "quarantine"
+DATA = "data"  # the step's item of data positions; also the old layout's folder beside steps
 # ModelConfig and train fields whose change alters the saved state's shapes or structure.
 _STATE_FIELDS = ("model.", "train.optimizer", "train.ema_decay")
 _FULL_DISK = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded")
@@ -88,6 +93,25 @@ def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+class _DataPosition:
+  """A data-iterator state (a JSON-able dict) as Grain's checkpoint handler stores an
+  iterator: ``get_state`` bytes, one file per process."""
+
+  def __init__(self, state: dict | None = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    """The state as the handler writes it."""
+    return json.dumps(self.state).encode()
+
+  def set_state(self, raw: bytes) -> None:
+    """Takes the state the handler read."""
+    self.state = json.loads(raw)
+
+  def start_prefetch(self) -> None:
+    """Called by the handler after a restore; the trainer's own iterator prefetches."""
+
+
 class Checkpointer:
   """Saves and restores (train state, data state) every ``every_steps`` steps, keeping ``keep``."""
 
@@ -95,28 +119,27 @@ class Checkpointer:
                read_only: bool = False):
     quiet_library_teardown()
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.data_dir = os.path.join(self.directory, "data", f"process_{jax.process_index()}")
+    self.legacy_data_dir = os.path.join(self.directory, DATA, f"process_{jax.process_index()}")
     self.read_only = read_only
     self.manager = None
     if read_only and not os.path.isdir(self.directory):
       return  # nothing trained yet: restore_latest finds no step
-    if not read_only:
-      os.makedirs(self.data_dir, exist_ok=True)
+    if not read_only and os.path.isdir(self.directory):
       self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save and not read_only,
         create=not read_only, cleanup_tmp_directories=not read_only)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+                DATA: grain.checkpoint.CheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, step: int, state: Any, data_state: dict | None, config: dict) -> None:
     """Starts an asynchronous save of ``state`` at ``step`` (returns before it is written)."""
     try:
-      with open(os.path.join(self.data_dir, f"{step}.json"), "w") as f:
-        json.dump(data_state, f)
       self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)), force=True)
-      self._prune_data_states()
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+          **{DATA: grain.checkpoint.CheckpointSave(_DataPosition(data_state))}), force=True)
+      self._prune_legacy_data_states()
     except Exception as e:  # noqa: BLE001  (a full or read-only disk becomes one line)
       raise self._write_error(e) from None
 
@@ -147,7 +170,7 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001  (shapes fit, data does not read: corrupt)
         unreadable.append(self._set_aside(step, "unreadable-arrays", e))
         continue
-      return restored.state, self._read_data_state(step), step
+      return restored.state, None if self.read_only else self._read_data_state(step), step
     quarantined = self._quarantined()
     if unreadable or quarantined:
       where = (f"moved to {os.path.join(self.directory, QUARANTINE)}" if not self.read_only
@@ -177,13 +200,6 @@ class Checkpointer:
       if not failing:
         raise self._write_error(e) from None
       logging.warning("Closing %s: %s", self.directory, _first_line(e))
-
-  def reached_preemption(self, step: int) -> bool:
-    """True when JAX's preemption sync point (TPU maintenance events) says to save and stop."""
-    try:
-      return bool(self.manager.reached_preemption(step))
-    except Exception:  # noqa: BLE001  (no preemption service outside managed TPU setups)
-      return False
 
   def _set_aside(self, step: int, reason: str, error: Exception) -> str:
     """Moves an unreadable step to quarantine/ (a writer on process 0) and says so in one line;
@@ -241,7 +257,19 @@ class Checkpointer:
     return error
 
   def _read_data_state(self, step: int) -> dict | None:
-    path = os.path.join(self.data_dir, f"{step}.json")
+    """This process's data position at ``step``: the step's data item, else (a workdir saved
+    before positions moved into the step) data/process_<i>/<step>.json."""
+    item = os.path.join(self.directory, str(step), DATA)
+    if os.path.isdir(item):
+      mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      if not os.path.exists(os.path.join(item, mine)):
+        saved = ", ".join(sorted(n for n in os.listdir(item) if n.endswith(".json")))
+        raise ValueError(f"checkpoint {self.directory}/{step} holds the data positions of "
+                         f"another process count ({saved}), not {mine}: rerun with the saved "
+                         "run's process count, or use a new --workdir")
+      return self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA: grain.checkpoint.CheckpointRestore(_DataPosition())}))[DATA].state
+    path = os.path.join(self.legacy_data_dir, f"{step}.json")
     if not os.path.exists(path):
       logging.warning("No data-iterator state for step %d at %s; data restarts from its "
                       "beginning.", step, path)
@@ -249,13 +277,20 @@ class Checkpointer:
     with open(path) as f:
       return json.load(f)
 
-  def _prune_data_states(self) -> None:
-    """Drops data states of steps Orbax no longer keeps (never the one being saved)."""
-    keep = {str(s) for s in self.manager.all_steps()}
-    names = sorted(os.listdir(self.data_dir), key=lambda n: int(n.split(".")[0]))
-    for name in names[:-1]:  # the newest belongs to the save in flight
-      if name.split(".")[0] not in keep:
-        os.remove(os.path.join(self.data_dir, name))
+  def _prune_legacy_data_states(self) -> None:
+    """Drops the old layout's data positions of steps Orbax no longer keeps, then its folder
+    once empty."""
+    if not os.path.isdir(self.legacy_data_dir):
+      return
+    keep = {f"{s}.json" for s in self.manager.all_steps()}
+    for name in os.listdir(self.legacy_data_dir):
+      if name not in keep:
+        os.remove(os.path.join(self.legacy_data_dir, name))
+    for folder in (self.legacy_data_dir, os.path.dirname(self.legacy_data_dir)):
+      try:
+        os.rmdir(folder)
+      except OSError:  # not empty yet (kept steps, or another process's positions)
+        return
 
   def _warn_incomplete(self) -> None:
     for name in sorted(os.listdir(self.directory)):
@@ -333,25 +368,3 @@ def read_params(path: str) -> dict:
               if isinstance(part, dict) and "params_ema" in part]
   return _plain(averages[0] if averages else restored.state["params"])
 
-
-class PreemptionFlag:
-  """Set by SIGTERM; the loop checks it at each step boundary, saves and exits cleanly."""
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def install(self) -> "PreemptionFlag":
-    """Routes SIGTERM to this flag (main thread only; elsewhere it is a no-op)."""
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def uninstall(self) -> None:
-    """Restores the previous SIGTERM handler."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def is_set(self) -> bool:
-    return self.event.is_set()

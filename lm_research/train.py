@@ -1,8 +1,9 @@
 """The training loop: resume or initialise, step, log one step behind, evaluate, checkpoint.
 
 Resume order: the workdir's latest readable checkpoint -> ``init_from`` (pretrained weights,
-fresh optimizer) -> fresh initialisation. SIGTERM (or TPU preemption) saves at the next step
-boundary and exits cleanly; rerunning the same command continues exactly where it stopped.
+fresh optimizer) -> fresh initialisation. SIGTERM (to any process of the run) saves at a step
+boundary all processes agree on (lm_research/preemption.py) and exits 0; rerunning the same
+command continues exactly where it stopped.
 A training run holds WORKDIR/lock for its life (one writer per workdir) and writes
 WORKDIR/config.json only once its state is restored or initialised, so a run refused for a
 config change leaves the workdir's config as it was. Eval and predict read the latest
@@ -25,9 +26,10 @@ from jax.experimental import multihost_utils
 from lm_research import experiment
 from lm_research import metrics as flops
 from lm_research import profiling, sharding, tracking, workdir_lock, writers
-from lm_research.checkpointing import Checkpointer, PreemptionFlag
+from lm_research.checkpointing import Checkpointer
 from lm_research.experiment import Experiment
 from lm_research.optim import inference_params, make_optimizer
+from lm_research.preemption import Preemption
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,7 +103,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list | None
   profiler = profiling.StepProfiler(config, workdir, is_main)
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
   sinks = []
-  preempted = PreemptionFlag().install()
+  preempted = Preemption().install()
   try:
     sinks = tracking.open_sinks(config, workdir, is_main)  # W&B, TensorBoard (process 0)
     with sharding.active_mesh(exp.mesh):
@@ -208,7 +210,7 @@ def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir
       writers.log_progress(f"eval at step {step}: " + ", ".join(
           f"{k} {v:.4f}" for k, v in last.items() if k.startswith("eval/")), is_main)
       meter.restart()  # evaluation time is not training time
-    stop = preempted.is_set() or ckpt.reached_preemption(step)
+    stop = preempted.reached(step)  # asked at every step: all processes stop together
     every = c.checkpoint.every_steps
     if final or stop or (every and step % every == 0):
       if pending is not None:  # a step's metrics are on disk before its checkpoint

@@ -74,12 +74,30 @@ def uninterrupted_long(tmp_path_factory):
   return workdir
 
 
-def test_resume_in_process_is_bitwise_identical(uninterrupted, tmp_path):
-  """Stopping at step 6 and rerunning the same config gives the same loss at every step."""
+def _to_legacy_layout(workdir):
+  """Moves each step's data positions (checkpoints/<step>/data/process_0-of-1.json) to where
+  runs before the move kept them: checkpoints/data/process_0/<step>.json."""
+  directory = os.path.join(workdir, "checkpoints")
+  os.makedirs(os.path.join(directory, "data", "process_0"))
+  for step in (n for n in os.listdir(directory) if n.isdigit()):
+    item = os.path.join(directory, step, "data")
+    os.rename(os.path.join(item, "process_0-of-1.json"),
+              os.path.join(directory, "data", "process_0", f"{step}.json"))
+    shutil.rmtree(item)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_resume_in_process_is_bitwise_identical(uninterrupted, tmp_path, legacy):
+  """Stopping at step 6 and rerunning the same config gives the same loss at every step, also
+  from a workdir whose data positions are in the layout before they moved into the step."""
   workdir = str(tmp_path)
   train.train_and_evaluate(_config(**{"train.steps": 6, "checkpoint.every_steps": 4}), workdir)
+  if legacy:
+    _to_legacy_layout(workdir)
   train.train_and_evaluate(_config(**{"train.steps": 12, "checkpoint.every_steps": 4}), workdir)
   assert _losses(workdir) == _losses(uninterrupted)
+  saved = os.listdir(os.path.join(workdir, "checkpoints", "12", "data"))
+  assert [n for n in saved if n.endswith(".json")] == ["process_0-of-1.json"]
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_path, caplog):

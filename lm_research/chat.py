@@ -53,26 +53,18 @@ class Session:
     return self.fmt.reply_text(out.tokens[0, :int(out.lengths[0])].tolist())
 
 
-def _options() -> dict:
-  sample = _STRATEGY.value == "sample"
-  return dict(max_new_tokens=_MAX_NEW.value, strategy=_STRATEGY.value,
-              temperature=_TEMPERATURE.value if sample else 1.0,
-              top_p=_TOP_P.value if sample else 1.0)
-
-
-def _prompt_tokens(max_len: int | None, default: int) -> int:
-  """--max_prompt_tokens (or ``default``), leaving learned positions room for the reply."""
-  length = _MAX_PROMPT.value or default
-  if max_len is not None:
-    length = min(length, max_len - _MAX_NEW.value)
+def _prompt_tokens(wanted: int, max_len: int | None, max_new_tokens: int) -> int:
+  """``wanted`` prompt tokens, or fewer to leave learned positions room for the reply."""
+  length = wanted if max_len is None else min(wanted, max_len - max_new_tokens)
   if length < 1:
-    raise ValueError(f"--max_new_tokens={_MAX_NEW.value} leaves no room for a prompt in the "
+    raise ValueError(f"--max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                      f"model's {max_len} positions; lower it")
   return length
 
 
-def from_folder(folder: str) -> Session:
-  """A Session on a Hugging Face folder's weights, tokenizer and chat template."""
+def from_folder(folder: str, max_prompt_tokens: int = 0, **options) -> Session:
+  """A Session on a Hugging Face folder's weights, tokenizer and chat template; ``options``
+  are DecodeConfig's (max_new_tokens, strategy, ...)."""
   from lm_research.data.tokenizer import load_tokenizer  # noqa: PLC0415
   from lm_research.interop import hf  # noqa: PLC0415
   from lm_research.tasks import chat_format  # noqa: PLC0415
@@ -81,11 +73,12 @@ def from_folder(folder: str) -> Session:
   model, cfg = hf.load(folder)
   fmt = chat_format.chat_format(load_tokenizer(folder, "decoder"), folder)
   learned = cfg.max_len if cfg.position == "learned" else None
-  return Session(model, fmt, _prompt_tokens(learned, 1024), **_options())
+  length = _prompt_tokens(max_prompt_tokens or 1024, learned, options.get("max_new_tokens", 32))
+  return Session(model, fmt, length, **options)
 
 
-def from_workdir(workdir: str) -> Session:
-  """A Session on a run's latest (EMA, if kept) weights, with its tokenizer and format."""
+def from_workdir(workdir: str, max_prompt_tokens: int = 0, **options) -> Session:
+  """A Session on a run's latest (EMA, if kept) weights, tokenizer and chat format."""
   import ml_collections  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
   from lm_research import checkpointing, experiment, sharding, train  # noqa: PLC0415
@@ -110,8 +103,9 @@ def from_workdir(workdir: str) -> Session:
     ckpt.close()
   model = nnx.merge(graphdef, inference_params(state.params, state.opt_state))
   learned = exp.model_cfg.max_len if exp.model_cfg.position == "learned" else None
-  return Session(model, chat_examples.exp_format(exp),
-                 _prompt_tokens(learned, exp.config.train.seq_len), **_options())
+  length = _prompt_tokens(max_prompt_tokens or exp.config.train.seq_len, learned,
+                          options.get("max_new_tokens", 32))
+  return Session(model, chat_examples.exp_format(exp), length, **options)
 
 
 def converse(session: Session, lines, out, system: str = "", seed: int = 0) -> int:
@@ -140,7 +134,12 @@ def main(argv: list[str]) -> None:
   if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
     raise app.UsageError("give exactly one of --workdir (a trained run) and --init_from (a "
                          "Hugging Face folder)")
-  session = from_workdir(_WORKDIR.value) if _WORKDIR.value else from_folder(_INIT_FROM.value)
+  sample = _STRATEGY.value == "sample"
+  options = dict(max_prompt_tokens=_MAX_PROMPT.value, max_new_tokens=_MAX_NEW.value,
+                 strategy=_STRATEGY.value, temperature=_TEMPERATURE.value if sample else 1.0,
+                 top_p=_TOP_P.value if sample else 1.0)
+  session = (from_workdir(_WORKDIR.value, **options) if _WORKDIR.value
+             else from_folder(_INIT_FROM.value, **options))
   if sys.stdin.isatty():
     print("Type a message and press Enter; /reset starts over; Ctrl-D ends.", file=sys.stderr)
   converse(session, sys.stdin, sys.stdout, _SYSTEM.value, _SEED.value)

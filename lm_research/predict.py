@@ -10,6 +10,9 @@ with its 1-based "line" number and "truncated" (the input was longer than a row 
   classification   {"line", "text", "label", "probabilities": {label: p}, "truncated"}
   tagging          {"line", "tokens", "tags", "truncated"}
   generation       {"line", "input", "output", "truncated"}   (seq2seq, causal LM, span corruption)
+  chat             {"line", "input", "output", "truncated"}   a line is a user message (or JSONL
+                   "messages", a conversation); the output is the assistant's reply, generated
+                   after the chat template's generation prompt up to an end-of-turn or EOS id
   a line with nothing to predict (blank, not UTF-8, not JSON, no text field): {"line", "error"}
 The closing log line counts the errors and the truncated inputs.
 """
@@ -26,13 +29,16 @@ from absl import logging
 
 from lm_research import sharding, writers
 from lm_research.data import inputs, length_buckets, units
+from lm_research.data import chat_template
+from lm_research.tasks import chat_examples
 from lm_research.tasks import evaluate as task_eval
 from lm_research.tasks import examples as task_examples
 from lm_research.tasks import generate
 
 # What a JSONL/TSV input may call the text, per kind of prediction (first found wins).
 _TEXT_KEYS = {"classification": ("text",), "tagging": ("tokens", "text"),
-              "generation": ("input", "prompt", "text")}
+              "generation": ("input", "prompt", "text"),
+              "chat": ("messages", "input", "prompt", "text")}
 _GENERATION_OPTIONS = ("strategy", "temperature", "top_k", "top_p", "num_beams",
                        "length_penalty")
 
@@ -59,6 +65,11 @@ def _record(kind: str, obj: dict, where: str) -> dict:
             else [str(v) for v in value]}
   if kind == "classification":
     return {"text": str(value), "text_b": str(obj.get("text_b") or "")}
+  if kind == "chat":  # a user message, or a whole conversation to reply to
+    if key == "messages":
+      return {"input": value,
+              "messages": chat_template.parse_messages(value, where, need_assistant=False)}
+    return {"input": str(value), "messages": [{"role": "user", "content": str(value)}]}
   return {"input": str(value)}
 
 
@@ -167,6 +178,12 @@ def predictions(exp, graphdef, params, records: list[dict], kind: str) -> list[d
              "tags": [exp.labels[t] for _, ids in sorted(tags.get(i, [])) for t in ids]}
             for i, r in enumerate(records)]
   p = exp.config.predict
+  if kind == "chat":
+    replies, _ = chat_examples.generate_replies(
+        exp, graphdef, params, [r["messages"] for r in records], batch_size=p.batch_size,
+        max_new_tokens=p.max_new_tokens, seed=exp.config.seed,
+        **{k: p[k] for k in _GENERATION_OPTIONS})
+    return [{"input": r["input"], "output": o} for r, o in zip(records, replies)]
   outputs = generate.generate_texts(
       exp, graphdef, params, [r["input"] for r in records], batch_size=p.batch_size,
       max_new_tokens=p.max_new_tokens, seed=exp.config.seed,
@@ -188,6 +205,8 @@ def truncated(exp, kind: str, record: dict) -> bool:
     budget = seq_len - (2 if encoder else 0)
     return any(len(p) > budget for p in task_examples.word_pieces(tok, record["tokens"]))
   length = generate.prompt_length(exp, exp.config.predict.max_new_tokens)
+  if kind == "chat":
+    return len(chat_examples.exp_format(exp).reply_prompt(record["messages"])) > length
   return len(tok.encode(record["input"])) + 1 > length  # + BOS (decoder) or EOS (T5)
 
 

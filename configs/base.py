@@ -161,9 +161,10 @@ def get_base() -> ml_collections.ConfigDict:
   # Disjoint data streams per global batch; 0 = gcd(batch_size, 8). Runs whose process count
   # divides it see identical batches (a 2-process run matches a 1-process one).
   c.data.num_shards = 0
-  # Fine-tuning: rows built once, batches of similar length cut to a few bucket lengths (powers
-  # of two up to train.seq_len), so steps skip most padding; False = fixed-length rows, streamed
-  c.data.bucket_by_length = True
+  # Fine-tuning: rows built once, batches of similar length cut to this many bucket lengths
+  # (quantiles of the rows' lengths) or train.seq_len, so steps skip most padding, each bucket
+  # compiling once; 0 = every row padded to train.seq_len, streamed (no rows held in memory)
+  c.data.length_buckets = 4
 
   # Tracking: W&B (online, offline or off) and TensorBoard, beside metrics.jsonl (always).
   c.wandb = ml_collections.ConfigDict()

@@ -146,7 +146,7 @@ def _apply(exp, graphdef, params, records: list[dict], kind: str) -> dict[str, n
   build = task_rows(exp)
   prepared = length_buckets.PreparedRows(
       [row for i, record in enumerate(records) for row in build(record, i)],
-      inputs.smallest_bucket(exp.config))
+      max(exp.config.data.length_buckets, 1), inputs.bucket_multiple(exp.config))
   batches = length_buckets.BucketedBatches(prepared, batch_size=exp.config.predict.batch_size,
                                            seed=0, shuffle=False, finite=True)
   fn = task_eval.compiled(kind, graphdef, exp.mesh)

@@ -22,22 +22,23 @@ def _rows(lengths, width=64):
   return rows
 
 
-def test_bucket_lengths_are_powers_of_two_then_the_width():
-  assert length_buckets.bucket_lengths(100) == (16, 32, 64, 100)
-  assert length_buckets.bucket_lengths(128) == (16, 32, 64, 128)
-  assert length_buckets.bucket_lengths(512, smallest=128) == (128, 256, 512)
+def test_bucket_lengths_are_quantiles_of_the_row_lengths_rounded_up():
+  lengths = np.arange(1, 101)  # quartiles 25.75, 50.5, 75.25, 100
+  assert length_buckets.bucket_lengths(lengths, 128, 4, 8) == (32, 56, 80, 104, 128)
+  assert length_buckets.bucket_lengths(lengths, 512, 4, 128) == (128, 512)  # Pallas tiles
 
 
 def test_a_batch_is_cut_to_the_bucket_of_its_longest_row_and_filled_with_zero_rows():
   prepared = length_buckets.PreparedRows(_rows([3, 20, 5, 40, 7]))
+  assert prepared.buckets == {64: (8, 24, 40, 64)}  # quartiles 5, 7, 20, 40
   batches = list(length_buckets.BucketedBatches(prepared, batch_size=2, seed=0, shuffle=False,
                                                 finite=True))
-  # Longest first: (40, 20) -> 64, (7, 5) -> 16, (3, filler) -> 16.
-  assert [b["input_ids"].shape for b in batches] == [(2, 64), (2, 16), (2, 16)]
+  # Longest first: (40, 20) -> 40, (7, 5) -> 8, (3, filler) -> 8.
+  assert [b["input_ids"].shape for b in batches] == [(2, 40), (2, 8), (2, 8)]
   assert [list(b["index"]) for b in batches] == [[3, 1], [4, 2], [0, 0]]
   assert batches[-1]["weight"].tolist() == [1.0, 0.0]
   assert not batches[-1]["attention_mask"][1].any()
-  np.testing.assert_array_equal(batches[1]["input_ids"][0, :8], [1, 2, 3, 4, 5, 6, 7, 0])
+  np.testing.assert_array_equal(batches[1]["input_ids"][0], [1, 2, 3, 4, 5, 6, 7, 0])
 
 
 def test_training_order_sees_every_row_once_an_epoch_and_resumes_exactly():
@@ -54,7 +55,7 @@ def test_training_order_sees_every_row_once_an_epoch_and_resumes_exactly():
   assert sorted(seen.tolist()) == list(range(45))
   for b in first_epoch:  # each batch is cut to the bucket of its longest row
     longest = int(lengths[b["index"][b["weight"] > 0]].max())
-    assert b["input_ids"].shape[1] == next(x for x in (16, 32, 64) if x >= longest)
+    assert b["input_ids"].shape[1] == next(x for x in prepared.buckets[64] if x >= longest)
   state = batches.get_state()
   after = [next(batches) for _ in range(4)]
   resumed = make()
@@ -82,7 +83,7 @@ def test_each_process_takes_its_slice_of_the_same_global_batch():
 def test_old_fixed_row_positions_are_refused_in_one_line():
   batches = length_buckets.BucketedBatches(length_buckets.PreparedRows(_rows([3])), batch_size=1,
                                            seed=0, shuffle=True, finite=False)
-  with pytest.raises(ValueError, match="bucket_by_length=False"):
+  with pytest.raises(ValueError, match="length_buckets=0"):
     batches.set_state({"shards": [{}]})
 
 
@@ -115,14 +116,14 @@ def test_eval_on_bucketed_batches_equals_fixed_length_rows(tmp_path, task):
     path = write_conll(tmp_path / "d.conll", ner_sentences(40, 0))
     module = finetune_tagging
   results = {}
-  for bucketed in (True, False):
+  for buckets in (4, 0):
     c = task_config(module, path, path, seq_len=32, batch_size=8)
-    c.data.bucket_by_length = bucketed
+    c.data.length_buckets = buckets
     c.eval.steps = 0
-    results[bucketed], _ = _eval_metrics(c, str(tmp_path / f"run_{bucketed}"))
-  assert results[True].keys() == results[False].keys()
-  for k, v in results[False].items():
-    assert results[True][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    results[buckets], _ = _eval_metrics(c, str(tmp_path / f"run_{buckets}"))
+  assert results[4].keys() == results[0].keys()
+  for k, v in results[0].items():
+    assert results[4][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 def test_seq_len_zero_is_chosen_from_the_training_rows(tmp_path, caplog):

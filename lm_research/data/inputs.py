@@ -36,14 +36,14 @@ class DataSources:
       self._opened[split] = sources.open_source(self.data_cfg, split, self.workdir)
     return self._opened[split]
 
-  def rows(self, split: str, builder, seq_len: int, smallest: int):
+  def rows(self, split: str, builder, seq_len: int, buckets: int, multiple: int):
     """The split's fine-tuning rows at ``seq_len`` (length_buckets.PreparedRows), built on first
     use: every evaluation during training reuses them."""
     key = ("rows", split, seq_len)
     if key not in self._opened:
       from lm_research.data import length_buckets  # noqa: PLC0415
       self._opened[key] = length_buckets.PreparedRows.build(self(split), builder, split,
-                                                            smallest)
+                                                            buckets, multiple)
     return self._opened[key]
 
 
@@ -136,7 +136,7 @@ class ShardedBatches:
     """Continues every shard from a ``get_state`` result."""
     if "shards" not in state:
       raise ValueError("The checkpoint's data position is from length-bucketed batches; resume "
-                       "with --config.data.bucket_by_length=True, or start a new workdir.")
+                       "with --config.data.length_buckets > 0, or start a new workdir.")
     if len(state["shards"]) != len(self.iterators):
       raise ValueError(f"The checkpoint's data state has {len(state['shards'])} shards, this "
                        f"process has {len(self.iterators)}; keep data.num_shards and the "
@@ -154,7 +154,7 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
   """
   process_index, process_count = jax.process_index(), jax.process_count()
   seed = config.seed if split == "train" else config.seed + EVAL_SEED_OFFSET
-  if examples is not None and config.data.bucket_by_length:
+  if examples is not None and config.data.length_buckets:
     return _bucketed_batches(config, split, examples, open_split or DataSources(config.data,
                                                                               workdir), seed)
   if config.data.source == "synthetic":
@@ -183,18 +183,18 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
   return ShardedBatches(make_shard, shards, finite=split != "train")
 
 
-def smallest_bucket(config) -> int:
-  """The shortest row a bucketed batch is cut to: the Pallas kernels' tile when they run."""
-  from lm_research.data import length_buckets  # noqa: PLC0415
+def bucket_multiple(config) -> int:
+  """What bucket lengths are rounded up to: the Pallas kernels' tile when they run, else 8."""
   from lm_research.models import ModelConfig, pallas_attention  # noqa: PLC0415
   impl = ModelConfig.from_dict(config.model).resolved().attention_impl
-  return pallas_attention.BLOCK if impl in ("splash", "flash") else length_buckets.SMALLEST_BUCKET
+  return pallas_attention.BLOCK if impl in ("splash", "flash") else 8
 
 
 def _bucketed_batches(config, split: str, examples, open_split: DataSources, seed: int):
   """Fine-tuning batches grouped by length (data/length_buckets.py)."""
   from lm_research.data import length_buckets  # noqa: PLC0415
-  rows = open_split.rows(split, examples, config.train.seq_len, smallest_bucket(config))
+  rows = open_split.rows(split, examples, config.train.seq_len, config.data.length_buckets,
+                         bucket_multiple(config))
   return length_buckets.BucketedBatches(
       rows, batch_size=config.train.batch_size, seed=seed, shuffle=split == "train",
       finite=split != "train", process_index=jax.process_index(),

@@ -4,8 +4,9 @@ Fine-tuning rows (tasks/examples.py) are padded to ``train.seq_len``, but most t
 shorter: computing a batch at full width spends most FLOPs on padding. Here all rows of a
 split are built once and kept in host memory (``PreparedRows``); a batch takes rows of
 similar length and is cut to the shortest bucket that holds its longest row, so a step
-computes little padding. The buckets are a few fixed lengths (powers of two up to the row
-width), so each compiles once and the jit cache serves it afterwards.
+computes little padding. The buckets are a few fixed lengths, quantiles of the rows' lengths
+(``data.length_buckets`` of them, rounded up to a multiple of 8, or of the Pallas kernels'
+128-token tile) and the row width, so each compiles once and the jit cache serves it after.
 
 Training order (``BucketedBatches``): each epoch a seeded shuffle, rows sorted by length within
 windows of ``WINDOW_BATCHES`` batches (Hugging Face's group_by_length does the same), then
@@ -32,17 +33,14 @@ MASK_FIELDS = ("attention_mask", "segment_ids", "decoder_segment_ids")
 # Rows sorted by length together: big enough for near-uniform batches, small enough that a
 # batch still draws from all over the data.
 WINDOW_BATCHES = 64
-SMALLEST_BUCKET = 16
 
 
-def bucket_lengths(width: int, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:
-  """The row lengths batches are cut to: powers of two from ``smallest`` below ``width``, and
-  ``width`` itself."""
-  lengths, n = [], smallest
-  while n < width:
-    lengths.append(n)
-    n *= 2
-  return tuple(lengths) + (width,)
+def bucket_lengths(lengths: np.ndarray, width: int, count: int, multiple: int) -> tuple[int, ...]:
+  """The row lengths batches are cut to: ``count`` quantiles of ``lengths`` (the rows' real
+  lengths), each rounded up to ``multiple``, and ``width`` itself."""
+  quantiles = np.percentile(lengths, np.linspace(100 / count, 100, count))
+  cuts = {min(width, max(multiple, int(np.ceil(q / multiple)) * multiple)) for q in quantiles}
+  return tuple(sorted(cuts | {width}))
 
 
 def _row_lengths(mask_NW: np.ndarray) -> np.ndarray:
@@ -64,7 +62,8 @@ def concat_rows(parts: Sequence[np.ndarray]) -> np.ndarray:
 class PreparedRows:
   """Rows stacked field by field (``[N, ...]``), with each row's length per sequence width."""
 
-  def __init__(self, rows: Sequence[Mapping[str, np.ndarray]], smallest: int = SMALLEST_BUCKET):
+  def __init__(self, rows: Sequence[Mapping[str, np.ndarray]], buckets: int = 4,
+               multiple: int = 8):
     if not rows:
       raise ValueError("the data produced no rows; check data.train_path/data.eval_path")
     self.fields = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -75,21 +74,22 @@ class PreparedRows:
         width = self.fields[name].shape[1]
         rows_len = _row_lengths(self.fields[name])
         self.lengths[width] = np.maximum(self.lengths.get(width, 0), rows_len)
-    self.buckets = {w: bucket_lengths(w, min(smallest, w)) for w in self.lengths}
+    self.buckets = {w: bucket_lengths(n, w, buckets, min(multiple, w))
+                    for w, n in self.lengths.items()}
     self.cost = sum(self.lengths.values()) if self.lengths else np.zeros(len(rows), np.int64)
 
   @classmethod
-  def build(cls, source, builder: Callable, name: str, smallest: int = SMALLEST_BUCKET
+  def build(cls, source, builder: Callable, name: str, buckets: int = 4, multiple: int = 8
             ) -> "PreparedRows":
     """Every row ``builder(record, index)`` makes from each record of ``source``, logged."""
     start = time.perf_counter()
     rows = [row for i in range(len(source)) for row in builder(source[i], i)]
-    prepared = cls(rows, smallest)
+    prepared = cls(rows, buckets, multiple)
     for width, lengths in prepared.lengths.items():
       logging.info("%s: %d rows from %d records in %.1f s; tokens per row (of %d): median %d, "
-                   "99th percentile %d, max %d", name, len(rows), len(source),
-                   time.perf_counter() - start, width, np.median(lengths),
-                   np.percentile(lengths, 99), lengths.max())
+                   "max %d; batches cut to %s", name, len(rows), len(source),
+                   time.perf_counter() - start, width, np.median(lengths), lengths.max(),
+                   "/".join(map(str, prepared.buckets[width])))
     return prepared
 
   def __len__(self) -> int:
@@ -167,7 +167,7 @@ class BucketedBatches:
     """Continues from a ``get_state`` result."""
     if "bucketed_step" not in state:
       raise ValueError("The checkpoint's data position is from fixed-length rows; resume with "
-                       "--config.data.bucket_by_length=False, or start a new workdir.")
+                       "--config.data.length_buckets=0, or start a new workdir.")
     self.step = int(state["bucketed_step"])
 
 

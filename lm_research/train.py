@@ -228,11 +228,16 @@ def _loop(exp, graphdef, state, data_state, start_step, train, evaluate, workdir
 
 
 class _Throughput:
-  """Step time, tokens/s and MFU over the steps since the last progress line."""
+  """Step time, tokens/s and MFU over the steps since the last progress line.
+
+  MFU counts the model FLOPs of the real tokens (padding excluded): a batch cut to a bucket
+  or padded to train.seq_len does no more useful work than its tokens.
+  """
 
   def __init__(self, exp: Experiment):
     self.exp = exp
     self.flops_per_example = exp.train_flops_per_example()
+    self.flops_per_token = self.flops_per_example / (exp.config.train.seq_len + exp.target_len)
     model_cfg = exp.model_cfg.resolved()  # the dtype and precision this backend computes in
     peak, source = flops.peak_flops_per_device(model_cfg.dtype, model_cfg.matmul_precision)
     # Fake CPU devices share one host's cores, so the host's matmul rate is the peak.
@@ -254,10 +259,9 @@ class _Throughput:
     self.steps += 1
     self.tokens += tokens
     elapsed = max(time.perf_counter() - self.start, 1e-9)
-    step_time = elapsed / self.steps
-    examples_per_sec = self.exp.config.train.batch_size / step_time
-    return {"perf/step_time_s": step_time, "perf/tokens_per_sec": self.tokens / elapsed,
-            "perf/mfu": self.flops_per_example * examples_per_sec / self.peak}
+    tokens_per_sec = self.tokens / elapsed
+    return {"perf/step_time_s": elapsed / self.steps, "perf/tokens_per_sec": tokens_per_sec,
+            "perf/mfu": self.flops_per_token * tokens_per_sec / self.peak}
 
 
 def _report(exp, pending, writer, meter) -> dict[str, float]:

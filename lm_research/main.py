@@ -32,17 +32,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def _init_distributed() -> None:
-  """jax.distributed from the flags, or JAX's own detection on TPU VMs and SLURM."""
-  import jax  # noqa: PLC0415  (after flags: XLA flags must be set before JAX is imported)
-  if _COORDINATOR.value:
-    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
-      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-    # Cross-process collectives on CPU go through gloo (no effect on GPU/TPU backends).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                                     "MEGASCALE_COORDINATOR_ADDRESS")):
-    jax.distributed.initialize()
+  """jax.distributed from the flags, or from JAX's cluster detection (lm_research/cluster.py)."""
+  from lm_research import cluster  # noqa: PLC0415  (imports JAX: after the flags set XLA's)
+  cluster.start(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def default_workdir(config_arg: str) -> str:

@@ -130,7 +130,9 @@ def test_slurm_jobs_use_jax_slurm_detection(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     main._init_distributed()
     assert calls == []  # a plain single-process run starts no cluster
-    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    for key, value in {"SLURM_JOB_ID": "42", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
+                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}.items():  # what srun sets
+      monkeypatch.setenv(key, value)
     main._init_distributed()
     assert calls == [((), {})]
   finally:

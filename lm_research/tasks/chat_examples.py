@@ -38,6 +38,7 @@ class ChatExamples:
 
   def __init__(self, fmt: chat_format.ChatFormat, seq_len: int):
     self.fmt, self.seq_len = fmt, seq_len
+    self._warned = False  # one warning per run for conversations cut before any reply
 
   def __call__(self, record: Mapping, index: int) -> list[dict[str, np.ndarray]]:
     messages = chat_template.parse_messages(record["messages"], f"conversation {index}")
@@ -46,6 +47,11 @@ class ChatExamples:
     for start, end in spans:
       trained[start:end] = 1.0
     ids = ids[:self.seq_len + 1]  # a long conversation keeps its beginning
+    if not trained[1:len(ids)].any() and not self._warned:
+      self._warned = True
+      logging.warning("conversation %d reaches its first assistant reply only after "
+                      "train.seq_len=%d tokens, so it trains nothing (others may too); raise "
+                      "train.seq_len", index, self.seq_len)
     inputs, targets, n = ids[:-1], ids[1:], len(ids) - 1
     return [{"input_ids": _pad(inputs, self.seq_len, self.fmt.tok.pad_id),
              "targets": _pad(targets, self.seq_len),

@@ -69,8 +69,9 @@ class ChatFormat:
     if ids[:len(part)] != part:
       raise ValueError(f"the chat template renders the first {len(messages)} messages as "
                        "tokens that are not a prefix of the whole conversation's, so the "
-                       "assistant's turns cannot be located; use a template that only "
-                       "appends (one without reasoning removal or date stamps)")
+                       "assistant's turns cannot be located; use a template that leaves "
+                       "earlier turns unchanged (some move the system message into the last "
+                       "user turn or drop earlier reasoning)")
     return len(part)
 
   def _reply_length(self, turn: list[int], content: str) -> int:

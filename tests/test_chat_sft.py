@@ -36,21 +36,29 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
         {"role": "user", "content": "Fine, and you?"}, {"role": "assistant", "content": "Well."}]
 
 
-def bpe_folder(path, template=None, generation_eos=None):
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{%- endif %}")
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# EOS is <|endoftext|>, as in Qwen2.5 base models: <|im_end|> must be found from the template.
+QWEN_CONFIG = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+
+
+def bpe_folder(path, template=None, generation_eos=None, specials=QWEN_SPECIALS,
+               config=QWEN_CONFIG):
   """A byte-level BPE tokenizer.json folder with Qwen's special tokens (and a template)."""
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
   tok.train_from_iterator(
       [m["content"] for m in CHAT] * 4, tokenizers.trainers.BpeTrainer(
-          vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+          vocab_size=300, special_tokens=specials,
           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
   path.mkdir(exist_ok=True)
   tok.save(str(path / "tokenizer.json"))
-  # EOS is <|endoftext|>, as in Qwen2.5 base models: <|im_end|> must be found from the template.
-  config = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-  if template:
-    config["chat_template"] = template
+  config = dict(config, chat_template=template) if template else config
   (path / "tokenizer_config.json").write_text(json.dumps(config))
   if generation_eos is not None:
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": generation_eos}))
@@ -84,6 +92,23 @@ def test_loss_mask_covers_exactly_the_assistant_turns_of_a_qwen_template(tmp_pat
   assert fmt.reply_prompt(CHAT[:2]) == enc(pieces[0][0])
   assert fmt.reply_text(enc("Sure thing") + [im_end, 5, 6]) == "Sure thing"
   assert fmt.reply_text(enc("Sure thing") + [0, 5, 6]) == "Sure thing"
+
+
+def test_llama3_template_turns_end_at_eot_and_stop_at_every_eos(tmp_path):
+  """Llama 3: BOS from the template's text, replies trimmed, <|eot_id|> ends each turn, and
+  generation stops at it and at generation_config.json's <|end_of_text|>."""
+  specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+              "<|end_header_id|>", "<|eot_id|>"]
+  folder, raw = bpe_folder(tmp_path, LLAMA3_TEMPLATE, [1, 4], specials,
+                           {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"})
+  tok = load_tokenizer(folder, "decoder")
+  fmt = chat_format.chat_format(tok, folder)
+  ids, spans = fmt.encode_with_spans(CHAT[:2] + [{"role": "assistant", "content": " Hi! "}]
+                                     + CHAT[3:])
+  assert ids[0] == raw.token_to_id("<|begin_of_text|>") and fmt.end_of_turn == 4
+  assert [tok.decode(ids[a:b - 1]) for a, b in spans] == ["Hi!", "Well."]
+  assert [ids[b - 1] for _, b in spans] == [4, 4] and spans[-1][1] == len(ids)
+  assert fmt.stop_ids == (4, 1)
 
 
 def test_default_format_round_trip(tmp_path):

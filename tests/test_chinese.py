@@ -103,6 +103,16 @@ def test_tagging_encodes_characters_without_invented_spaces(zh_tok):
   assert rows[0]["input_ids"][firsts].tolist() == [p[0] for p in pieces]
 
 
+def test_pretraining_reads_the_pieces_the_tagger_reads(zh_tok):
+  # running text (pretraining) and one character at a time (tagging) give the same pieces: no
+  # piece joins two Chinese characters, so 江泽民 is never one piece the tagger cannot see
+  sentence = "".join(next(formats.read_conll(NER))["tokens"]) + "江泽民１９９８年"
+  running = zh_tok.encode(sentence)
+  assert running == [i for p in examples.word_pieces(zh_tok, list(sentence)) for i in p]
+  assert not any(len(zh_tok.id_to_piece(i)) > 1 and units.has_unspaced(zh_tok.id_to_piece(i))
+                 for i in range(zh_tok.vocab_size))
+
+
 def test_predict_reads_plain_chinese_lines_as_characters(tmp_path):
   path = tmp_path / "in.txt"
   path.write_text("新华社北京十二月三十一日电\nthe jury said\n", encoding="utf-8")

@@ -2,7 +2,10 @@
 
 Models are trained with byte fallback, no normalisation and the space piece kept, so any text
 round-trips (``tokenizer.py``); the character coverage is fitted to the vocabulary
-(``char_coverage.py``) and logged. From the command line:
+(``char_coverage.py``) and logged. No piece spans two characters of a script written without
+spaces (Chinese, Japanese, Thai: ``units.py``), as BERT's Chinese vocabulary has one token per
+ideograph: pretraining then reads the pieces a character-level tagger reads, never a word
+piece such as 江泽民 whose characters NER encodes one by one. From the command line:
   python -m lm_research.data.tokenizer_training --input='data/shakespeare/train/*.txt' \
       --output=/tmp/shakespeare --vocab_size=8192 --family=decoder [--model_type=bpe]
 """
@@ -13,12 +16,14 @@ import io
 import os
 import random
 import time
+import unicodedata
 from typing import Callable, Iterable, Iterator, Sequence
 
 from absl import logging
+import numpy as np
 import sentencepiece as spm
 
-from lm_research.data import char_coverage, formats, tokenizer
+from lm_research.data import char_coverage, formats, tokenizer, units
 
 # Specials of a SentencePiece model trained here; pad is id 0 in every family.
 TRAIN_SPECIALS = {
@@ -33,6 +38,9 @@ TRAIN_SPECIALS = {
 }
 MAX_LINE_CHARS = 4096  # longer lines are cut: SentencePiece silently skips over-long sentences
 BYTE_PIECES = 256
+# Marks where a piece must end in the training text (SentencePiece's pretokenization_delimiter):
+# an invisible separator, which real text hardly holds.
+_BOUNDARY = "\u2063"
 
 
 def _sentences(texts: Iterable[str], limit: int) -> Iterator[str]:
@@ -47,6 +55,35 @@ def _sentences(texts: Iterable[str], limit: int) -> Iterator[str]:
           count += 1
           if count >= limit:
             return
+
+
+def _split_unspaced(line: str) -> str:
+  """``line`` with a boundary mark on each side of every character of an unspaced script (its
+  combining marks stay with it), so no trained piece joins two such characters."""
+  out = []
+  for i, ch in enumerate(line):
+    if (i and unicodedata.category(ch)[0] != "M"
+        and (units.is_unspaced(ch) or units.is_unspaced(line[i - 1]))):
+      out.append(_BOUNDARY)
+    out.append(ch)
+  return "".join(out)
+
+
+def _mark_unspaced(sentences: list[str], coverage: float, required: str) -> tuple[list, dict]:
+  """The training sentences with boundary marks, and the trainer options that go with them.
+
+  SentencePiece counts the marks as characters of the text: they are made a required
+  character (counted first) and the fitted coverage is rescaled to that count, so the same
+  characters are kept as without them. Text without unspaced characters is left as it is.
+  """
+  marked = [_split_unspaced(s) for s in sentences]
+  chars = sum(map(len, sentences))
+  marks = sum(map(len, marked)) - chars
+  if not marks:
+    return sentences, dict(character_coverage=coverage, required_chars=required)
+  coverage = float(np.float32((marks + coverage * chars) / (marks + chars)))
+  return marked, dict(character_coverage=min(coverage, 1.0), required_chars=required + _BOUNDARY,
+                      pretokenization_delimiter=_BOUNDARY)
 
 
 def _fixed_pieces(family: str) -> int:
@@ -82,17 +119,18 @@ def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_siz
   coverage, required, account = char_coverage.fit(sentences, vocab_size, character_coverage,
                                                  _fixed_pieces(family), family)
   logging.info("tokenizer: %s", account)
+  sentences, char_options = _mark_unspaced(sentences, coverage, required)
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=coverage, required_chars=required,
-        byte_fallback=True,
+        model_type=model_type, byte_fallback=True, **char_options,
         # identity normalisation and kept whitespace make decode(encode(text)) == text
         normalization_rule_name="identity", add_dummy_prefix=False,
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
         bos_id=-1, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        max_sentence_length=4 * MAX_LINE_CHARS, hard_vocab_limit=False,
+        # bytes: 4 per character at most, 3 per boundary mark
+        max_sentence_length=8 * MAX_LINE_CHARS, hard_vocab_limit=False,
         num_threads=min(os.cpu_count() or 1, 16), minloglevel=2, **TRAIN_SPECIALS[family])
   except RuntimeError as e:
     reason = str(e).strip().splitlines()[-1]

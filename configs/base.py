@@ -165,6 +165,9 @@ def get_base() -> ml_collections.ConfigDict:
   # (quantiles of the rows' lengths) or train.seq_len, so steps skip most padding, each bucket
   # compiling once; 0 = every row padded to train.seq_len, streamed (no rows held in memory)
   c.data.length_buckets = 4
+  # Fine-tuning on short texts: several training examples per row, attention kept inside each
+  # (data/example_packing.py); train.batch_size then counts rows. Needs data.length_buckets > 0
+  c.data.pack_examples = False
 
   # Tracking: W&B (online, offline or off) and TensorBoard, beside metrics.jsonl (always).
   c.wandb = ml_collections.ConfigDict()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from typing import Any, Iterator
 
 import jax
@@ -78,6 +79,7 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   (tasks/setup.py: pretrained body and tokenizer, labels, steps from epochs), and
   ``Experiment.config`` is that resolved copy, the one config.json records.
   """
+  requested_steps = config.train.steps
   config = copy.deepcopy(config)
   if config.data.truncation not in task_examples.TRUNCATIONS:
     raise ValueError(f"data.truncation={config.data.truncation!r} is not one of "
@@ -109,6 +111,10 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
   if config.train.seq_len == 0 and (task_of(config) is None or config.data.source == "synthetic"):
     raise ValueError("train.seq_len=0 (chosen from the data) is for fine-tuning on real data; "
                      "set --config.train.seq_len to a length.")
+  if config.data.pack_examples and (task_of(config) is None or not config.data.length_buckets
+                                    or config.data.source == "synthetic"):
+    raise ValueError("data.pack_examples packs fine-tuning examples on real data and needs "
+                     "data.length_buckets > 0; set --config.data.pack_examples=False.")
   trainable = lora.trainable_filter(model_cfg)  # None: every parameter trains
   tokenizer = None
   if config.data.source != "synthetic":
@@ -122,7 +128,23 @@ def make_experiment(config: ml_collections.ConfigDict, devices: list | None = No
       open_split=open_split)
   if config.train.seq_len == 0:
     _choose_seq_len(exp)
+  if config.data.pack_examples and requested_steps <= 0 < config.train.epochs:
+    _steps_over_packed_rows(exp)
   return exp
+
+
+def _steps_over_packed_rows(exp: Experiment) -> None:
+  """data.pack_examples with train.epochs: steps count packed rows (several examples each)."""
+  train = exp.config.train
+  rows = exp.open_split.rows("train", task_rows(exp), train.seq_len,
+                             exp.config.data.length_buckets, inputs.bucket_multiple(exp.config),
+                             pack=True)
+  train.steps = max(1, math.ceil(train.epochs * len(rows) / train.batch_size))
+  if train.warmup_ratio > 0:
+    train.warmup_steps = int(train.warmup_ratio * train.steps)
+  exp.optim_cfg = OptimConfig.from_train_config(train)
+  logging.info("train.epochs=%g over %d packed rows at batch %d: train.steps=%d", train.epochs,
+               len(rows), train.batch_size, train.steps)
 
 
 def _choose_seq_len(exp: Experiment) -> None:

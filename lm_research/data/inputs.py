@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import jax
+from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -36,14 +37,21 @@ class DataSources:
       self._opened[split] = sources.open_source(self.data_cfg, split, self.workdir)
     return self._opened[split]
 
-  def rows(self, split: str, builder, seq_len: int, buckets: int, multiple: int):
-    """The split's fine-tuning rows at ``seq_len`` (length_buckets.PreparedRows), built on first
-    use: every evaluation during training reuses them."""
-    key = ("rows", split, seq_len)
+  def rows(self, split: str, builder, seq_len: int, buckets: int, multiple: int,
+           pack: bool = False):
+    """The split's fine-tuning rows at ``seq_len`` (length_buckets.PreparedRows; ``pack``:
+    several examples a row, data/example_packing.py), built on first use: every evaluation
+    during training reuses them."""
+    key = ("rows", split, seq_len, pack)
     if key not in self._opened:
-      from lm_research.data import length_buckets  # noqa: PLC0415
-      self._opened[key] = length_buckets.PreparedRows.build(self(split), builder, split,
-                                                            buckets, multiple)
+      from lm_research.data import example_packing, length_buckets  # noqa: PLC0415
+      rows = length_buckets.PreparedRows.build(self(split), builder, split, buckets, multiple)
+      if pack:
+        examples = len(rows)
+        rows = example_packing.pack(rows, buckets, multiple)
+        logging.info("data.pack_examples: %d %s rows hold %d examples (%.2f a row)", len(rows),
+                     split, examples, examples / len(rows))
+      self._opened[key] = rows
     return self._opened[key]
 
 
@@ -194,7 +202,7 @@ def _bucketed_batches(config, split: str, examples, open_split: DataSources, see
   """Fine-tuning batches grouped by length (data/length_buckets.py)."""
   from lm_research.data import length_buckets  # noqa: PLC0415
   rows = open_split.rows(split, examples, config.train.seq_len, config.data.length_buckets,
-                         bucket_multiple(config))
+                         bucket_multiple(config), config.data.pack_examples and split == "train")
   return length_buckets.BucketedBatches(
       rows, batch_size=config.train.batch_size, seed=seed, shuffle=split == "train",
       finite=split != "train", process_index=jax.process_index(),

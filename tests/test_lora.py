@@ -1,0 +1,172 @@
+"""LoRA (train.lora): adapters start as the base model, merge into the kernels with the same
+logits (and through hf.save / hf.load), train alone with optimizer state of their own, and
+give the same losses on a 2 x 4 (fsdp x tensor) mesh as on one device."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from configs import gpt_tiny
+from lm_research import checkpointing, experiment, train
+from lm_research.interop import hf
+from lm_research.models import ModelConfig, build_model, lora
+from lm_research.models.config import LoRAConfig
+from lm_research.models.layers import LoRAParam
+from lm_research.models.layout import (flatten, get_params, set_params, stack_layers,
+                                       unflatten, unstack_layers)
+from lm_research.optim import make_optimizer
+
+LLAMA = dict(family="decoder", vocab_size=64, d_model=32, num_layers=2, num_heads=4,
+             num_kv_heads=2, d_ff=64, position="rope", norm="rmsnorm", gated_mlp=True,
+             activation="silu", use_bias=False, tie_embeddings=False, norm_eps=1e-6)
+BERT = dict(family="encoder", vocab_size=64, d_model=32, num_layers=2, num_heads=4, d_ff=64,
+            max_len=24, type_vocab_size=2, pre_norm=False, pooler=True,
+            head="sequence_classification", num_labels=3, norm_eps=1e-12)
+T5 = dict(family="encoder_decoder", vocab_size=64, d_model=32, num_layers=2, num_heads=4,
+          d_ff=64, position="relative", norm="rmsnorm", use_bias=False, activation="relu",
+          attention_scale=1.0, tie_embeddings=False)
+FAMILIES = {"llama": LLAMA, "bert": BERT, "t5": T5}
+ADAPTERS = LoRAConfig(rank=4, alpha=8.0, targets="all")
+IDS = np.random.RandomState(0).randint(1, 64, (2, 10))
+MASK = np.ones_like(IDS)
+MASK[1, -3:] = 0
+
+
+def _logits(model):
+  if model.cfg.family == "encoder_decoder":
+    return np.asarray(model(IDS, MASK, decoder_input_ids=IDS).logits)
+  return np.asarray(model(IDS, attention_mask=MASK).logits)
+
+
+def _without_adapters(params: dict) -> dict:
+  return unflatten({k: v for k, v in flatten(params).items() if k[-1] not in lora.ADAPTERS})
+
+
+def _randomise_adapters(model) -> None:
+  """Non-zero B matrices (and A redrawn), so the adapters change the outputs."""
+  rng = np.random.RandomState(1)
+  nnx.update(model, jax.tree.map(lambda x: 0.3 * rng.normal(size=x.shape).astype(np.float32),
+                                 nnx.state(model, LoRAParam)))
+
+
+def test_bad_targets_fail_in_one_line():
+  with pytest.raises(ValueError, match=r"^train.lora.targets: 'attn' is not a projection name; "
+                     r"use a comma-separated list of q, k, v, o, gate, wi, wo, attention, mlp, "
+                     r"all.$"):
+    LoRAConfig(rank=8, targets="q,attn")
+  with pytest.raises(ValueError, match="names 'gate', but this model's MLP is not gated"):
+    ModelConfig(**BERT, lora=LoRAConfig(rank=8, targets="q,gate"))
+  with pytest.raises(ValueError, match="train.lora.rank must be 0"):
+    LoRAConfig(rank=-1)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_starts_as_base_and_merges_to_the_same_logits(name, tmp_path):
+  """(a) B = 0: the adapted model's logits are the base model's, bit for bit. (c) With B != 0,
+  the merged model gives the adapted model's logits; so does hf.save -> hf.load (BERT, Llama)."""
+  cfg = ModelConfig(**FAMILIES[name], lora=ADAPTERS)
+  adapted = build_model(cfg, 0)
+  adapted_kinds = {k[-2] for k in flatten(get_params(adapted)) if k[-1] == "lora_a"}
+  assert adapted_kinds == {"query", "key", "value", "out", "wi", "wo"} | (
+      {"gate"} if name == "llama" else set())
+  base = build_model(cfg.replace(lora=LoRAConfig()), 0)
+  set_params(base, _without_adapters(get_params(adapted)))
+  np.testing.assert_array_equal(_logits(adapted), _logits(base))
+
+  _randomise_adapters(adapted)
+  expected = _logits(adapted)
+  assert np.abs(expected - _logits(base)).max() > 1e-2  # the adapters do change the outputs
+  merged = lora.merge(adapted)
+  assert not any(k[-1] in lora.ADAPTERS for k in flatten(get_params(merged)))
+  assert np.abs(_logits(merged) - expected).max() <= 1e-5
+  stacked = lora.merged(stack_layers(get_params(adapted)), ADAPTERS)  # a scanned model's layout
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), stacked,
+               stack_layers(get_params(merged)))
+  if name != "t5":
+    hf.save(adapted, cfg, tmp_path)
+    reloaded, _ = hf.load(tmp_path)
+    assert np.abs(_logits(reloaded) - expected).max() <= 1e-5
+
+
+def test_only_adapters_and_the_task_head_train():
+  """The trainable filter picks every adapter and the classifier, nothing else."""
+  model = build_model(ModelConfig(**BERT, lora=ADAPTERS), 0)
+  trained, frozen = lora.split(nnx.state(model, nnx.Param), lora.is_trainable)
+  names = {".".join(map(str, k)) for k in flatten(nnx.to_pure_dict(trained))}
+  assert {n for n in names if not n.endswith(("lora_a", "lora_b"))} == {
+      "classifier.dense.kernel", "classifier.dense.bias"}
+  assert len(names) == 2 + 2 * 6 * BERT["num_layers"]
+  assert not any(k[-1] in lora.ADAPTERS for k in flatten(nnx.to_pure_dict(frozen)))
+
+
+def _config(init_from, mesh=(1, 1, 1), **lora_fields):
+  """A tiny Llama-style causal LM on synthetic data, 3 steps, from ``init_from``."""
+  c = gpt_tiny.get_config()
+  c.model.update({k: v for k, v in LLAMA.items() if k != "family"}, scan_layers=True)
+  c.init_from = str(init_from)
+  c.data.source = "synthetic"
+  c.train.update(steps=3, batch_size=8, seq_len=16, warmup_steps=0, schedule="constant",
+                 learning_rate=1e-2)
+  c.train.lora.update(rank=4, targets="attention,mlp", **lora_fields)
+  c.eval.every_steps = 0
+  c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+  return c
+
+
+def _losses(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+
+
+@pytest.mark.slow
+def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
+  """(b) From a Hugging Face folder, 3 steps change the adapters only (the base weights stay
+  bit for bit as loaded) and the optimizer state holds moments of the adapters only. (d) A
+  2 x 4 fsdp x tensor mesh gives the same losses as one device."""
+  folder = tmp_path / "llama"
+  hf.save(build_model(ModelConfig(**LLAMA), 0), ModelConfig(**LLAMA), folder)
+  base = flatten(get_params(hf.load(folder)[0]))
+  losses = {}
+  for mesh, devices in (((1, 1, 1), jax.devices()[:1]), ((1, 2, 4), jax.devices())):
+    workdir = tmp_path / f"run{mesh}"
+    train.train_and_evaluate(_config(folder, mesh), str(workdir), devices)
+    losses[mesh] = _losses(workdir)
+  assert len(losses[(1, 1, 1)]) == 3
+  np.testing.assert_allclose(losses[(1, 2, 4)], losses[(1, 1, 1)], rtol=2e-5)
+
+  trained = flatten(unstack_layers(checkpointing.read_params(str(workdir))))
+  for key, value in trained.items():
+    if key[-1] in lora.ADAPTERS:
+      assert key[-1] == "lora_a" or np.abs(value).max() > 0  # B left zero: it trained
+    else:
+      np.testing.assert_array_equal(value, base[key])
+  directory, step = checkpointing.latest_step(str(workdir))
+  stored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+  moments = [jax.tree_util.keystr(path) for path, x in
+             jax.tree_util.tree_leaves_with_path(stored["opt_state"]) if np.ndim(x)]
+  assert len(moments) == 2 * 2 * 7  # mu and nu of A and B of 7 projections (layers stacked)
+  assert all("lora_a" in k or "lora_b" in k for k in moments)
+
+
+def test_bfloat16_base_keeps_adapters_in_float32():
+  """train.lora.base_dtype='bfloat16': frozen weights stored in bf16, adapters in f32; the
+  log line counts total vs trained parameters and the optimizer state's bytes."""
+  c = _config("", base_dtype="bfloat16")
+  exp = experiment.make_experiment(c, jax.devices()[:1])
+  tx, _ = make_optimizer(exp.optim_cfg)
+  _, abstract, _, _ = experiment.state_layout(exp, tx)
+  dtypes = {k: v.dtype for k, v in flatten(nnx.to_pure_dict(abstract.params)).items()}
+  assert {str(d) for k, d in dtypes.items() if k[-1] in lora.ADAPTERS} == {"float32"}
+  assert {str(d) for k, d in dtypes.items() if k[-1] not in lora.ADAPTERS} == {"bfloat16"}
+  line = lora.log_summary(abstract.params, abstract.opt_state, exp.step_cfg.trainable)
+  # 2 layers x (q 32x4+4x32, k, v 32x4+4x16, o 32x4+4x32, gate, wi 32x4+4x64, wo 64x4+4x32)
+  adapters = 2 * (256 + 2 * 192 + 256 + 2 * 384 + 384)
+  assert adapters == 4096 and line.startswith("parameters: total ")
+  assert f"trained {adapters:,} " in line
+  # Adam's two float32 moments of the adapters only, and two int32 step counters
+  assert line.endswith(f"optimizer state {2 * 4 * adapters + 8:,} bytes")

@@ -157,12 +157,14 @@ def get_base() -> ml_collections.ConfigDict:
   # Share of the text's characters kept as pieces (0.98-1); the rarest fall back to bytes. Lowered
   # automatically, and logged, when those characters would not fit model.vocab_size (Chinese)
   c.data.character_coverage = 0.9995
-  c.data.worker_count = 0  # Grain worker processes per data shard (0 = threads)
+  # Grain worker processes per data shard (0 = threads only); -1 = 0 on CPU, else one per 4 host
+  # cores, at most 16 a process (lm_research/data/pipeline_bench.py measures a host's scaling)
+  c.data.worker_count = -1
   # Disjoint data streams per global batch; 0 = gcd(batch_size, 8). Runs whose process count
   # divides it see identical batches (a 2-process run matches a 1-process one).
   c.data.num_shards = 0
   # Fine-tuning: rows built once, batches of similar length cut to this many bucket lengths
-  # (quantiles of the rows' lengths) or train.seq_len, so steps skip most padding, each bucket
+  # (those that pad the rows least) or train.seq_len, so steps skip most padding, each bucket
   # compiling once; 0 = every row padded to train.seq_len, streamed (no rows held in memory)
   c.data.length_buckets = 4
   # Fine-tuning on short texts: several training examples per row, attention kept inside each

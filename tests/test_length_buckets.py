@@ -1,6 +1,8 @@
 """Length-bucketed fine-tuning batches: cut widths by hand, every row once an epoch, exact
 resume, process slices, and eval metrics equal to fixed-length rows on the same weights."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -22,15 +24,31 @@ def _rows(lengths, width=64):
   return rows
 
 
-def test_bucket_lengths_are_quantiles_of_the_row_lengths_rounded_up():
-  lengths = np.arange(1, 101)  # quartiles 25.75, 50.5, 75.25, 100
-  assert length_buckets.bucket_lengths(lengths, 128, 4, 8) == (32, 56, 80, 104, 128)
-  assert length_buckets.bucket_lengths(lengths, 512, 4, 128) == (128, 512)  # Pallas tiles
+def _padded_tokens(lengths, buckets):
+  return sum(next(b for b in buckets if b >= n) for n in lengths)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bucket_lengths_pad_least_as_an_exhaustive_search_finds(seed):
+  rng = np.random.default_rng(seed)
+  lengths = rng.gamma(2, 10, size=60).astype(int) + 1
+  width, multiple = 128, 8
+  got = length_buckets.bucket_lengths(lengths, width, 3, multiple)
+  rounded = sorted({min(width, max(multiple, -(-n // multiple) * multiple)) for n in lengths})
+  best = min(_padded_tokens(lengths, sorted(set(c) | {rounded[-1]}))
+             for c in itertools.combinations(rounded, 2))
+  assert _padded_tokens(lengths, got) == best
+  assert len(got) <= 4 and got[-1] == width and all(b % multiple == 0 for b in got)
+
+
+def test_bucket_lengths_by_hand():
+  assert length_buckets.bucket_lengths(np.arange(1, 101), 128, 4, 8) == (24, 48, 72, 104, 128)
+  assert length_buckets.bucket_lengths(np.arange(1, 101), 512, 4, 128) == (128, 512)  # Pallas
 
 
 def test_a_batch_is_cut_to_the_bucket_of_its_longest_row_and_filled_with_zero_rows():
   prepared = length_buckets.PreparedRows(_rows([3, 20, 5, 40, 7]))
-  assert prepared.buckets == {64: (8, 24, 40, 64)}  # quartiles 5, 7, 20, 40
+  assert prepared.buckets == {64: (8, 24, 40, 64)}  # every distinct length rounded to 8
   batches = list(length_buckets.BucketedBatches(prepared, batch_size=2, seed=0, shuffle=False,
                                                 finite=True))
   # Longest first: (40, 20) -> 40, (7, 5) -> 8, (3, filler) -> 8.

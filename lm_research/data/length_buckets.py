@@ -4,9 +4,9 @@ Fine-tuning rows (tasks/examples.py) are padded to ``train.seq_len``, but most t
 shorter: computing a batch at full width spends most FLOPs on padding. Here all rows of a
 split are built once and kept in host memory (``PreparedRows``); a batch takes rows of
 similar length and is cut to the shortest bucket that holds its longest row, so a step
-computes little padding. The buckets are a few fixed lengths, quantiles of the rows' lengths
-(``data.length_buckets`` of them, rounded up to a multiple of 8, or of the Pallas kernels'
-128-token tile) and the row width, so each compiles once and the jit cache serves it after.
+computes little padding. The buckets are a few fixed lengths: the ``data.length_buckets``
+lengths that pad the split's rows least (multiples of 8, or of the Pallas kernels' 128-token
+tile), and the row width, so each compiles once and the jit cache serves it after.
 
 Training order (``BucketedBatches``): each epoch a seeded shuffle, rows sorted by length within
 windows of ``WINDOW_BATCHES`` batches (Hugging Face's group_by_length does the same), then
@@ -36,11 +36,29 @@ WINDOW_BATCHES = 64
 
 
 def bucket_lengths(lengths: np.ndarray, width: int, count: int, multiple: int) -> tuple[int, ...]:
-  """The row lengths batches are cut to: ``count`` quantiles of ``lengths`` (the rows' real
-  lengths), each rounded up to ``multiple``, and ``width`` itself."""
-  quantiles = np.percentile(lengths, np.linspace(100 / count, 100, count))
-  cuts = {min(width, max(multiple, int(np.ceil(q / multiple)) * multiple)) for q in quantiles}
-  return tuple(sorted(cuts | {width}))
+  """The row lengths batches are cut to: the ``count`` lengths (multiples of ``multiple``, the
+  last one the longest row's) that pad ``lengths`` least when each row takes the shortest that
+  holds it, and ``width`` itself. Exact, by dynamic programming over the distinct lengths."""
+  rounded = np.clip(np.ceil(np.asarray(lengths) / multiple) * multiple, multiple, width)
+  values, counts = np.unique(rounded.astype(np.int64), return_counts=True)
+  rows_upto = np.concatenate([[0], np.cumsum(counts)])  # rows_upto[j + 1]: rows of values <= j
+  # cost[j]: fewest padded tokens for the rows up to values[j], a bucket ending at values[j].
+  cost = values * rows_upto[1:]
+  back = []
+  for _ in range(count - 1):
+    # One more bucket (values[i], values[j]] after the best cover up to values[i].
+    extra = values[None, :] * (rows_upto[None, 1:] - rows_upto[1:, None])
+    options = np.where(np.tri(len(values), k=-1, dtype=bool).T, cost[:, None] + extra, np.inf)
+    before = options.argmin(axis=0)
+    better = options[before, np.arange(len(values))] < cost
+    back.append(np.where(better, before, -1))
+    cost = np.where(better, options[before, np.arange(len(values))], cost)
+  ends, j = [len(values) - 1], len(values) - 1
+  for step in reversed(back):
+    if step[j] >= 0:
+      j = int(step[j])
+      ends.append(j)
+  return tuple(sorted({int(values[e]) for e in ends} | {width}))
 
 
 def _row_lengths(mask_NW: np.ndarray) -> np.ndarray:

@@ -7,13 +7,14 @@ the Grain pipeline of the config's objective.
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import jax
 from absl import logging
 import numpy as np
-from jax.experimental import multihost_utils
 
+from lm_research import hosts
 from lm_research.data.synthetic import SyntheticSource, synthetic_batch
 from lm_research.objectives.registry import get_objective
 
@@ -66,11 +67,10 @@ def get_tokenizer(config, family: str, workdir: str, open_split: DataSources | N
 
   args = (data.tokenizer_path, texts, family, config.model.vocab_size, data.tokenizer_type,
           data.character_coverage, workdir)
-  if jax.process_index() != 0:  # process 0 trains (or loads) it first
-    multihost_utils.sync_global_devices("tokenizer ready")
-  tok = tokenizer_training.get_or_train_tokenizer(*args)
-  if jax.process_count() > 1 and jax.process_index() == 0:
-    multihost_utils.sync_global_devices("tokenizer ready")
+  if jax.process_count() > 1:  # opening is collective (sources.open_source), so not in
+    open_split("train")         # process 0's turn below, where texts() reads the split
+  tok = hosts.process_0_first("train or load the tokenizer",
+                              lambda: tokenizer_training.get_or_train_tokenizer(*args))
   if tok.vocab_size > config.model.vocab_size:
     raise ValueError(
         f"The tokenizer has {tok.vocab_size} ids but model.vocab_size={config.model.vocab_size}; "
@@ -153,6 +153,16 @@ class ShardedBatches:
       it.set_state(shard_state)
 
 
+def worker_count(config, shards_per_process: int) -> int:
+  """``data.worker_count``; -1 (auto): none on CPU, where the model needs the cores; else one
+  Grain worker process per 4 host cores, at most 16 a process, shared by its data shards."""
+  if config.data.worker_count >= 0:
+    return config.data.worker_count
+  if jax.default_backend() == "cpu":
+    return 0
+  return max(1, min(16, (os.cpu_count() or 1) // 4) // shards_per_process)
+
+
 def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
                  examples=None, open_split: DataSources | None = None) -> Iterator[dict]:
   """This process's host batches: 'train' endless and checkpointable, 'eval' one fixed pass.
@@ -184,7 +194,7 @@ def make_batches(config, family: str, split: str, workdir: str, tokenizer=None,
     return make(source, tokenizer, config.objective, seq_len=config.train.seq_len,
                 batch_size=config.train.batch_size // num_shards, seed=seed,
                 process_index=shard, process_count=num_shards,
-                worker_count=config.data.worker_count, examples=examples,
+                worker_count=worker_count(config, per_process), examples=examples,
                 **_pipeline_options(config))
 
   shards = range(process_index * per_process, (process_index + 1) * per_process)

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lm_research import hosts
 from lm_research.data import formats
 from lm_research.data import local_builder
 
@@ -152,7 +153,16 @@ def _cfg(data_cfg, key: str, default):
 
 
 def open_source(data_cfg, split: str, workdir: str, kind: str | None = None) -> Source:
-  """The 'train' or 'eval' split named by a ``config.data`` block, as a random-access Source."""
+  """The 'train' or 'eval' split named by a ``config.data`` block, as a random-access Source.
+
+  Process 0 opens it first, preparing what is not prepared yet (local files' ArrayRecords, a
+  catalog dataset); the other processes then open what it prepared."""
+  return hosts.process_0_first(f"open the {split} data",
+                               lambda: _open_source(data_cfg, split, workdir, kind))
+
+
+def _open_source(data_cfg, split: str, workdir: str, kind: str | None) -> Source:
+  """open_source on one process."""
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r}: open 'train' or 'eval'")
   source = _cfg(data_cfg, "source", "files")

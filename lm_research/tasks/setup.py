@@ -19,7 +19,7 @@ import os
 
 from absl import logging
 
-from lm_research import pretrained
+from lm_research import hosts, pretrained
 from lm_research.tasks.registry import Task, task_of
 
 # ModelConfig fields the run decides; every other one comes from the pretrained body.
@@ -53,7 +53,14 @@ def adopt_pretrained(config, body: pretrained.Body) -> None:
 
 
 def _labels(config, workdir: str, field: str, open_split) -> list[str]:
-  """The run's label names: WORKDIR/labels.json if training made it, else the training data's."""
+  """The run's label names: WORKDIR/labels.json if training made it, else the training data's
+  (read by process 0, which writes labels.json for the other processes to read)."""
+  return hosts.process_0_first("derive the labels",
+                               lambda: _read_labels(config, workdir, field, open_split))
+
+
+def _read_labels(config, workdir: str, field: str, open_split) -> list[str]:
+  """_labels on one process."""
   from lm_research.data import formats, sources  # noqa: PLC0415  (TFDS only when needed)
   path = os.path.join(workdir, "labels.json")
   if os.path.exists(path):
@@ -80,8 +87,9 @@ def _labels(config, workdir: str, field: str, open_split) -> list[str]:
     raise ValueError(f"the training data has a single label ({labels[0]!r}); a classifier needs "
                      "examples of at least two")
   os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w") as f:  # replaced whole: another process may read it next
     json.dump({"field": field, "labels": labels}, f, indent=1)
+  os.replace(path + ".tmp", path)
   logging.info("%d %ss: %s", len(labels), field, ", ".join(labels[:20]))
   return labels
 

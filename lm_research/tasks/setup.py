@@ -55,22 +55,28 @@ def adopt_pretrained(config, body: pretrained.Body) -> None:
 def _labels(config, workdir: str, field: str, open_split) -> list[str]:
   """The run's label names: WORKDIR/labels.json if training made it, else the training data's
   (read by process 0, which writes labels.json for the other processes to read)."""
-  return hosts.process_0_first("derive the labels",
-                               lambda: _read_labels(config, workdir, field, open_split))
-
-
-def _read_labels(config, workdir: str, field: str, open_split) -> list[str]:
-  """_labels on one process."""
-  from lm_research.data import formats, sources  # noqa: PLC0415  (TFDS only when needed)
   path = os.path.join(workdir, "labels.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)["labels"]
-  labels = sources.label_vocab(open_split("train"), field)
+  # Opening is collective (sources.open_source): every process opens, before process 0's turn.
+  training = open_split("train")
   try:
     evaluation = open_split("eval")
   except ValueError:
     evaluation = None  # no eval data: nothing to check
+  return hosts.process_0_first(
+      "derive the labels", lambda: _derive_labels(config, path, field, training, evaluation))
+
+
+def _derive_labels(config, path: str, field: str, training, evaluation) -> list[str]:
+  """The training data's labels, checked against the eval data's, written to ``path`` (or read
+  from it, on the processes after process 0)."""
+  from lm_research.data import formats, sources  # noqa: PLC0415  (TFDS only when needed)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)["labels"]
+  labels = sources.label_vocab(training, field)
   policy = config.data.unseen_eval_labels
   if policy not in ("error", "count_wrong") or (policy == "count_wrong" and field == "label"):
     raise ValueError(f"data.unseen_eval_labels={policy!r}: use 'error', or 'count_wrong' for "
@@ -86,7 +92,7 @@ def _read_labels(config, workdir: str, field: str, open_split) -> list[str]:
   if len(labels) < 2 and field == "label":
     raise ValueError(f"the training data has a single label ({labels[0]!r}); a classifier needs "
                      "examples of at least two")
-  os.makedirs(workdir, exist_ok=True)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path + ".tmp", "w") as f:  # replaced whole: another process may read it next
     json.dump({"field": field, "labels": labels}, f, indent=1)
   os.replace(path + ".tmp", path)

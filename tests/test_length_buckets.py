@@ -3,11 +3,12 @@ resume, process slices, and eval metrics equal to fixed-length rows on the same 
 
 import itertools
 
+import jax
 import numpy as np
 import pytest
 
 from configs import finetune_classification, finetune_tagging, gpt_tiny
-from lm_research import experiment, sharding
+from lm_research import checkpointing, experiment, sharding, train
 from lm_research.data import length_buckets
 from lm_research.optim import make_optimizer
 from test_finetune import ner_sentences, sentiment_rows, task_config, write_conll, write_jsonl
@@ -124,6 +125,7 @@ def _eval_metrics(config, workdir):
     return experiment.run_eval(exp, evaluate, state.params, graphdef), exp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "tagging"])
 def test_eval_on_bucketed_batches_equals_fixed_length_rows(tmp_path, task):
   """Same weights, same eval set: cutting rows to buckets changes no metric."""
@@ -161,3 +163,18 @@ def test_seq_len_zero_when_pretraining_is_a_one_line_error():
   c.train.seq_len = 0
   with pytest.raises(ValueError, match="for fine-tuning on real data"):
     experiment.make_experiment(c)
+
+
+@pytest.mark.slow
+def test_a_bucketed_fine_tune_resumes_bit_for_bit(tmp_path):
+  """Stopped at step 2 and rerun to step 4 == run to step 4: the data position is a step count."""
+  path = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(40, 0))
+  params = {}
+  for name, stops in (("whole", (4,)), ("resumed", (2, 4))):
+    for steps in stops:
+      c = task_config(finetune_classification, path, path, seq_len=32, batch_size=8, steps=steps)
+      c.checkpoint.every_steps, c.eval.every_steps = 2, 0
+      train.train_and_evaluate(c, str(tmp_path / name))
+    params[name] = jax.tree.leaves(checkpointing.read_params(str(tmp_path / name)))
+  for a, b in zip(params["whole"], params["resumed"]):
+    np.testing.assert_array_equal(a, b)

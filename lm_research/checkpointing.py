@@ -32,10 +32,12 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from lm_research.models.layout import flatten, unflatten
+
 QUARANTINE = "quarantine"
 DATA = "data"  # the step's item of data positions; also the old layout's folder beside steps
 # ModelConfig and train fields whose change alters the saved state's shapes or structure.
-_STATE_FIELDS = ("model.", "train.optimizer", "train.ema_decay")
+_STATE_FIELDS = ("model.", "train.optimizer", "train.ema_decay", "train.lora.")
 _FULL_DISK = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded")
 _READ_ONLY = ("Read-only file system", "Permission denied")
 
@@ -366,5 +368,7 @@ def read_params(path: str) -> dict:
   logging.info("read parameters of checkpoint %s/%d", directory, step)
   averages = [part["params_ema"] for part in restored.state.get("opt_state") or []
               if isinstance(part, dict) and "params_ema" in part]
-  return _plain(averages[0] if averages else restored.state["params"])
+  params = flatten(_plain(restored.state["params"]))
+  # The average covers what trained: every weight, or (train.lora) the adapters and head only.
+  return unflatten({**params, **flatten(_plain(averages[0]))} if averages else params)
 

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import gpt_tiny
-from lm_research import checkpointing, experiment, train
+from lm_research import checkpointing, experiment, export, train
 from lm_research.interop import hf
 from lm_research.models import ModelConfig, build_model, lora
 from lm_research.models.config import LoRAConfig
@@ -127,7 +127,8 @@ def _losses(workdir):
 def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
   """(b) From a Hugging Face folder, 3 steps change the adapters only (the base weights stay
   bit for bit as loaded) and the optimizer state holds moments of the adapters only. (d) A
-  2 x 4 fsdp x tensor mesh gives the same losses as one device."""
+  2 x 4 fsdp x tensor mesh gives the same losses as one device. The run exports as a merged
+  Hugging Face folder with the adapted model's logits, or as its adapters alone."""
   folder = tmp_path / "llama"
   hf.save(build_model(ModelConfig(**LLAMA), 0), ModelConfig(**LLAMA), folder)
   base = flatten(get_params(hf.load(folder)[0]))
@@ -151,6 +152,15 @@ def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
              jax.tree_util.tree_leaves_with_path(stored["opt_state"]) if np.ndim(x)]
   assert len(moments) == 2 * 2 * 7  # mu and nu of A and B of 7 projections (layers stacked)
   assert all("lora_a" in k or "lora_b" in k for k in moments)
+
+  model, _ = export.trained_model(str(workdir))  # what `python -m lm_research.export` writes
+  hf.save(model, model.cfg, tmp_path / "merged")
+  merged, _ = hf.load(tmp_path / "merged")
+  assert np.abs(_logits(merged) - _logits(model)).max() <= 1e-5
+  written = export.write_adapters(model, str(folder), str(tmp_path / "adapters"))
+  assert written == 2 * 7 * 2  # A and B of 7 projections in each of 2 layers
+  with open(tmp_path / "adapters" / "adapter_config.json") as f:
+    assert json.load(f) == dict(rank=4, alpha=16.0, targets="attention,mlp", base=str(folder))
 
 
 def test_bfloat16_base_keeps_adapters_in_float32():

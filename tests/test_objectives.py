@@ -141,6 +141,53 @@ def test_mlm_loss_at_gathered_positions_equals_full_logits():
     np.testing.assert_allclose(gathered[term], value, rtol=1e-5, err_msg=term)
 
 
+def test_mlm_nsp_loss_and_gradients_match_hugging_face(tmp_path):
+  """The optimised MLM + NSP loss and its gradients (pooler, NSP head, token types, attention)
+  equal BertForPreTraining's ``loss`` with ``labels`` and ``next_sentence_label``."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from flax import nnx  # noqa: PLC0415
+  from lm_research.interop import bert, hf  # noqa: PLC0415
+  from lm_research.objectives.registry import get_objective  # noqa: PLC0415
+  torch.manual_seed(0)
+  theirs = transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0))
+  theirs.save_pretrained(tmp_path, safe_serialization=True)
+  model, cfg = hf.load(tmp_path)
+  batch = synthetic.synthetic_batch("mlm_nsp", step=0, seed=1, batch_size=4, seq_len=32,
+                                    vocab_size=64)
+  objective = get_objective("mlm_nsp")
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def loss(p):
+    nums = objective.numerators(nnx.merge(graphdef, p), batch, None, 0.0)
+    return objective.ratios(nums, objective.denominators(batch))["loss"]
+
+  ours, grads = jax.value_and_grad(loss)(params)
+  t = lambda x: torch.tensor(np.asarray(x, np.int64))  # noqa: E731
+  labels = np.where(batch["mlm_weights"] > 0, batch["mlm_targets"], -100)
+  ref = theirs(t(batch["input_ids"]), attention_mask=t(batch["attention_mask"]),
+               token_type_ids=t(batch["token_type_ids"]), labels=t(labels),
+               next_sentence_label=t(batch["nsp_labels"])).loss
+  ref.backward()
+  np.testing.assert_allclose(ours, ref.item(), rtol=1e-5)
+  named, flat = dict(theirs.named_parameters()), dict(nnx.to_flat_state(grads))
+  checked = 0
+  for entry in bert.entries(cfg):
+    key = entry.keys[0]
+    if not key.startswith(("bert.pooler", "cls.seq_relationship", "bert.embeddings.token_type",
+                           "bert.encoder.layer.0.attention.self.query.weight")):
+      continue
+    expected = named[key].grad.numpy()
+    np.testing.assert_allclose(np.asarray(flat[entry.ours][...]),
+                               expected.T if entry.transpose else expected, atol=1e-6,
+                               err_msg=key)
+    checked += 1
+  assert checked == 6
+
+
 def test_whole_word_masking_masks_all_pieces_together():
   docs = _text_documents(np.random.default_rng(2), 20)
   builder = masked_lm.MlmNspBuilder(TOK, max_seq_len=64, whole_word_mask=True)

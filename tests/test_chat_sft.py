@@ -46,6 +46,15 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_CONFIG = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+  """Cheaper compiles for the searches (as tests/test_decoding.py): tiny models compile slowly."""
+  fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+  saved, decoding.api.COMPILER_OPTIONS = decoding.api.COMPILER_OPTIONS, fast
+  yield
+  decoding.api.COMPILER_OPTIONS = saved
+
+
 def bpe_folder(path, template=None, generation_eos=None, specials=QWEN_SPECIALS,
                config=QWEN_CONFIG):
   """A byte-level BPE tokenizer.json folder with Qwen's special tokens (and a template)."""
@@ -193,6 +202,7 @@ def chat_run(tmp_path_factory):
                  dropout_rate=0.0)
   c.train.update(steps=6, batch_size=8, seq_len=128, warmup_steps=1, learning_rate=3e-3)
   c.eval.update(every_steps=6, max_new_tokens=4)
+  c.data.length_buckets = 0  # one row length: one compiled train and eval step
   c.checkpoint.every_steps = 0
   c.predict.update(max_new_tokens=4, batch_size=8)
   workdir = str(tmp_path_factory.mktemp("chat") / "run")
@@ -238,3 +248,24 @@ def test_chat_cli_needs_one_model_source():
                           text=True, timeout=60)
   assert result.returncode != 0
   assert "give exactly one of --workdir (a trained run) and --init_from" in result.stderr
+
+
+@pytest.mark.slow
+def test_chat_with_a_hugging_face_folder_as_is(tmp_path):
+  """--init_from: a Qwen2 folder (random weights) with its template answers each line; its
+  replies stop at <|im_end|> or generation_config.json's <|endoftext|>."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from lm_research import chat  # noqa: PLC0415
+  folder, _ = bpe_folder(tmp_path, QWEN_TEMPLATE, generation_eos=[0])
+  torch.manual_seed(0)
+  transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+      vocab_size=320, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=256)).save_pretrained(
+          folder)
+  session = chat.from_folder(folder, max_prompt_tokens=96, max_new_tokens=3)
+  assert session.cfg.eos_ids == (2, 0) and session.prompt_tokens == 96
+  out = io.StringIO()
+  assert chat.converse(session, io.StringIO("Hello there\nFine, and you?\n"), out,
+                       system="Be brief.") == 2
+  assert out.getvalue().count("\n") == 2

@@ -2,7 +2,8 @@
 
 tokenizer.py           one Tokenizer interface over SentencePiece and Hugging Face tokenizers
 tokenizer_training.py  SentencePiece training (char_coverage.py fits the characters), load-or-train
-chat_template.py       a Hugging Face folder's chat template, rendered as transformers does
+chat_template.py       a Hugging Face folder's chat template (as transformers renders it), its EOS
+                       ids, and conversations (messages) checked
 formats.py             the record kinds (RecordKind) and readers of the local file formats
 units.py, word_segmenter.py  tagging units and whole words for scripts written without spaces
 local_builder.py       the TFDS builder that turns local files into ArrayRecord splits

@@ -8,6 +8,9 @@ rendered as transformers' ``apply_chat_template(..., tokenize=False)`` does: a s
 environment with trim_blocks / lstrip_blocks, loop controls and ``{% generation %}``, its
 ``tojson`` (no HTML escaping, non-ASCII kept), ``raise_exception`` and ``strftime_now``, and the
 special tokens (``bos_token``, ``eos_token``, ...) as variables.
+
+``generation_eos_ids(folder)`` gives every id that ends a reply (generation_config.json's
+``eos_token_id``, which may be a list), and ``parse_messages`` checks a conversation.
 """
 
 from __future__ import annotations

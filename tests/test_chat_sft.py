@@ -243,6 +243,7 @@ def test_chat_repl_answers_each_piped_line(chat_run):
   assert session.turns == 2
 
 
+@pytest.mark.slow  # starts a process
 def test_chat_cli_needs_one_model_source():
   result = subprocess.run([sys.executable, "-m", "lm_research.chat"], capture_output=True,
                           text=True, timeout=60)

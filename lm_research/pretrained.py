@@ -15,7 +15,8 @@ from absl import logging
 from flax import nnx
 
 from lm_research import checkpointing
-from lm_research.models.config import ModelConfig
+from lm_research.models import lora
+from lm_research.models.config import LoRAConfig, ModelConfig
 from lm_research.models.layout import (flatten, get_params, set_params, unflatten,
                                        unstack_layers)
 
@@ -71,7 +72,10 @@ def _source_params(path: str) -> dict:
     from lm_research.interop import hf  # noqa: PLC0415  (torch-free, but only needed here)
     model, _ = hf.load(path)
     return get_params(model)
-  return unstack_layers(checkpointing.read_params(path))
+  params = unstack_layers(checkpointing.read_params(path))
+  # A LoRA run's body is its adapted model: adapters folded into the kernels they adapt.
+  adapters = LoRAConfig(**checkpointing.read_config(path).get("train", {}).get("lora", {}))
+  return lora.merged(params, adapters) if adapters.rank else params
 
 
 def merge_params(target: dict, source: dict) -> tuple[dict, list[str], list[str]]:

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import gpt_tiny
-from lm_research import checkpointing, experiment, export, train
+from lm_research import checkpointing, experiment, export, pretrained, train
 from lm_research.interop import hf
 from lm_research.models import ModelConfig, build_model, lora
 from lm_research.models.config import LoRAConfig
@@ -128,7 +128,8 @@ def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
   """(b) From a Hugging Face folder, 3 steps change the adapters only (the base weights stay
   bit for bit as loaded) and the optimizer state holds moments of the adapters only. (d) A
   2 x 4 fsdp x tensor mesh gives the same losses as one device. The run exports as a merged
-  Hugging Face folder with the adapted model's logits, or as its adapters alone."""
+  Hugging Face folder with the adapted model's logits (as init_from, it is that model too), or
+  as its adapters alone."""
   folder = tmp_path / "llama"
   hf.save(build_model(ModelConfig(**LLAMA), 0), ModelConfig(**LLAMA), folder)
   base = flatten(get_params(hf.load(folder)[0]))
@@ -157,6 +158,9 @@ def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
   hf.save(model, model.cfg, tmp_path / "merged")
   merged, _ = hf.load(tmp_path / "merged")
   assert np.abs(_logits(merged) - _logits(model)).max() <= 1e-5
+  graphdef, state = nnx.split(build_model(ModelConfig(**LLAMA), 0))  # the run as init_from
+  body = nnx.merge(graphdef, pretrained.load_into(str(workdir), graphdef, state, model.cfg))
+  assert np.abs(_logits(body) - _logits(model)).max() <= 1e-5
   written = export.write_adapters(model, str(folder), str(tmp_path / "adapters"))
   assert written == 2 * 7 * 2  # A and B of 7 projections in each of 2 layers
   with open(tmp_path / "adapters" / "adapter_config.json") as f:

@@ -103,6 +103,29 @@ def test_loss_mask_covers_exactly_the_assistant_turns_of_a_qwen_template(tmp_pat
   assert fmt.reply_text(enc("Sure thing") + [0, 5, 6]) == "Sure thing"
 
 
+@pytest.mark.slow  # imports transformers
+def test_spans_match_transformers_assistant_masks(tmp_path):
+  """Qwen's template with {% generation %} around reply + <|im_end|>: transformers'
+  return_assistant_tokens_mask (what TRL's assistant_only_loss trains) marks the same tokens
+  that rendering prefixes finds in the unmarked template."""
+  transformers = pytest.importorskip("transformers")
+  plain = "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+  marked = QWEN_TEMPLATE.replace(plain, (
+      "{%- if message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' }}{% generation %}"
+      "{{- message.content + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}{%- else %}"
+      + plain + "{%- endif %}"))
+  assert marked != QWEN_TEMPLATE
+  theirs = transformers.AutoTokenizer.from_pretrained(bpe_folder(tmp_path / "marked", marked)[0])
+  want = theirs.apply_chat_template(CHAT, tokenize=True, return_dict=True,
+                                    return_assistant_tokens_mask=True)
+  folder = bpe_folder(tmp_path / "plain", QWEN_TEMPLATE)[0]
+  ids, spans = chat_format.chat_format(load_tokenizer(folder, "decoder"), folder) \
+      .encode_with_spans(CHAT)
+  assert ids == want["input_ids"]
+  assert [int(any(a <= i < b for a, b in spans)) for i in range(len(ids))] == \
+      want["assistant_masks"]
+
+
 def test_llama3_template_turns_end_at_eot_and_stop_at_every_eos(tmp_path):
   """Llama 3: BOS from the template's text, replies trimmed, <|eot_id|> ends each turn, and
   generation stops at it and at generation_config.json's <|end_of_text|>."""

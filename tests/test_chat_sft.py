@@ -224,7 +224,7 @@ def chat_run(tmp_path_factory):
   c.model.update(vocab_size=512, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_len=160,
                  dropout_rate=0.0)
   c.train.update(steps=6, batch_size=8, seq_len=128, warmup_steps=1, learning_rate=3e-3)
-  c.eval.update(every_steps=6, max_new_tokens=4)
+  c.eval.update(every_steps=6, max_new_tokens=4, steps=1)  # 8 of the 48 eval conversations
   c.data.length_buckets = 0  # one row length: one compiled train and eval step
   c.checkpoint.every_steps = 0
   c.predict.update(max_new_tokens=4, batch_size=8)

@@ -1,4 +1,4 @@
-"""Causal LM fine-tuning (GPT): continue training on new text, or on prompt/response pairs.
+"""Causal LM fine-tuning (GPT): continue training on new text, on prompt/response pairs, or chat.
 
 Commands (after pretraining configs/gpt_tiny.py into runs/gpt_tiny):
   python -m lm_research.main --config=configs/finetune_causal_lm.py --workdir=runs/gpt_email
@@ -14,7 +14,9 @@ Commands (after pretraining configs/gpt_tiny.py into runs/gpt_tiny):
       (tasks/chat_format.py; a default format for bodies without one); the loss covers the
       assistant's turns, and evaluation generates each eval conversation's last reply.
       Then --mode=predict (one reply per input line) or `python -m lm_research.chat
-      --workdir=runs/gpt_chat` to talk to it
+      --workdir=runs/gpt_chat` to talk to it. Measured on the shared 2-core CPU (2026-12-03),
+      from runs/gpt_tiny: 300 steps in 5 min; eval/loss 6.11 -> 1.18 -> 0.68 -> 0.66 at steps
+      0/100/200/300, eval/exact_match 0 -> 0.21 (the play 9 of 24, the speaker 1 of 24)
 Any body: --config.init_from=PATH/TO/gpt2 (a Hugging Face folder) or a native workdir.
 """
 

@@ -5,6 +5,8 @@ encoder-decoder families.
   out = decoding.generate(model, input_ids, attention_mask,
                           decoding.DecodeConfig(max_new_tokens=32, strategy="greedy"))
   out.tokens, out.lengths, out.scores
+A row ends at ``eos_id``, or at any of several (``eos_id=[128001, 128009]``, as Llama 3's
+generation_config.json lists them).
 """
 
 from lm_research.decoding.api import generate, prepare, trace_count

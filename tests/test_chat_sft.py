@@ -1,6 +1,7 @@
 """Chat SFT: the assistant-only loss mask (Qwen2.5's template, and the default format), several
 EOS ids, and the bundled recipe end to end: a few training steps, predict, the chat REPL."""
 
+import dataclasses
 import io
 import json
 import re
@@ -192,7 +193,10 @@ class _Stepper:
     return self.logits, jnp.zeros(())
 
   def advance(self, state, token):
-    return self.logits, state
+    return jnp.broadcast_to(self.logits, (token.shape[0], self.logits.shape[1])), state
+
+  def take_rows(self, state, rows):
+    return state
 
 
 def test_generation_stops_at_any_of_several_eos_ids():
@@ -203,6 +207,9 @@ def test_generation_stops_at_any_of_several_eos_ids():
   assert (int(out.lengths[0]), out.tokens[0].tolist()) == (1, [6, 0, 0, 0, 0])
   free = search.sample(_Stepper(5), ids, ids, cfg, rng=jax.random.key(0))
   assert int(free.lengths[0]) == 5
+  beam = search.beam_search(_Stepper(6), ids, ids, dataclasses.replace(
+      cfg, strategy="beam", num_beams=2))
+  assert (int(beam.lengths[0]), int(beam.tokens[0, 0])) == (1, 6)
   assert decoding.DecodeConfig(eos_id=[7]).eos_id == 7 and cfg.eos_ids == (3, 6)
   with pytest.raises(ValueError, match="DecodeConfig.eos_id is an empty list"):
     decoding.DecodeConfig(eos_id=[])

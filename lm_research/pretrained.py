@@ -110,6 +110,10 @@ def load_into(path: str, graphdef: nnx.GraphDef, params: Any, model_cfg: ModelCo
   if len(missing) == len(flatten(target)):
     raise ValueError(f"init_from={path!r} shares no parameter with this {model_cfg.family} "
                      "model; check that it is the same family.")
+  adapters = [name for name in missing if name.endswith(lora.ADAPTERS)]
+  if adapters:  # expected: a LoRA run's adapters start with B = 0, the model as the body
+    logging.info("init_from: %d LoRA adapter matrices start fresh", len(adapters))
+  missing = [name for name in missing if name not in adapters]
   if missing:
     logging.warning("init_from: %d parameters not in the checkpoint keep their fresh "
                     "initialisation: %s", len(missing), ", ".join(missing))

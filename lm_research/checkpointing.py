@@ -114,6 +114,15 @@ class _DataPosition:
     """Called by the handler after a restore; the trainer's own iterator prefetches."""
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager without its own preemption check, which would ask JAX's sync point with
+  other step numbers than the loop's (lm_research/preemption.py; the loop saves by itself)."""
+
+  def reached_preemption(self, step: int) -> bool:
+    """Never: preemption.Preemption decides."""
+    return False
+
+
 class Checkpointer:
   """Saves and restores (train state, data state) every ``every_steps`` steps, keeping ``keep``."""
 
@@ -133,7 +142,7 @@ class Checkpointer:
         create=not read_only, cleanup_tmp_directories=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 DATA: grain.checkpoint.CheckpointHandler()}
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.manager = _Manager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, step: int, state: Any, data_state: dict | None, config: dict) -> None:
     """Starts an asynchronous save of ``state`` at ``step`` (returns before it is written)."""

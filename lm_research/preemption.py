@@ -7,6 +7,8 @@ would never hear of the notice). A SIGTERM to any process reaches all of them th
 coordination service, which picks one step, the furthest any process has reached plus one;
 ``reached_preemption_sync_point`` is True at that step on every process, so all save the
 same step and exit 0. It must be asked at every step, on every process, from the same start.
+JAX counts from 0 when no step has been asked yet: a notice during a resumed run's start-up
+(restore, compile) would pick step 1, long past, so steps are counted from this run's first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Preemption:
     self.collective = jax.process_count() > 1
     self.event = threading.Event()
     self._previous = None
+    self._first: int | None = None  # the first step asked about, counted as JAX's step 1
 
   def install(self) -> "Preemption":
     """Routes SIGTERM to this flag in a one-process run (main thread only); with several
@@ -42,5 +45,6 @@ class Preemption:
   def reached(self, step: int) -> bool:
     """True at the step where this run saves and stops (the same step on every process)."""
     if self.collective:
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      self._first = step if self._first is None else self._first
+      return bool(multihost_utils.reached_preemption_sync_point(step - self._first + 1))
     return self.event.is_set()

@@ -30,6 +30,11 @@ from lm_research.tasks import setup as task_setup
 from lm_research.tasks.registry import Task, task_of
 
 
+# train.seq_len=0 never picks more (a 32k-position model would otherwise have every training
+# row built 32k wide just to measure it); set train.seq_len for longer rows.
+AUTO_SEQ_LEN_CAP = 4096
+
+
 @dataclasses.dataclass
 class Experiment:
   """Typed pieces of a config, validated before anything is compiled."""
@@ -148,16 +153,16 @@ def _steps_over_packed_rows(exp: Experiment) -> None:
 
 
 def _choose_seq_len(exp: Experiment) -> None:
-  """train.seq_len=0: the length that holds 99% of the training rows (rounded up to 8),
-  at most the model's positions; logged in one line."""
+  """train.seq_len=0: the length that holds 99% of the training rows (rounded up to 8), at
+  most the model's positions and AUTO_SEQ_LEN_CAP; logged in one line."""
   train = exp.config.train
-  train.seq_len = exp.model_cfg.max_len
+  train.seq_len = min(exp.model_cfg.max_len, AUTO_SEQ_LEN_CAP)
   chosen, lengths = length_buckets.fitting_length(exp.open_split("train"), task_rows(exp),
                                                   train.seq_len)
   logging.info("train.seq_len=0: %d tokens, which hold %d of %d training rows (99th "
-               "percentile %d, longest %d; model.max_len %d)", chosen,
+               "percentile %d, longest %d; at most %d)", chosen,
                int((lengths <= chosen).sum()), len(lengths), np.percentile(lengths, 99),
-               lengths.max(), exp.model_cfg.max_len)
+               lengths.max(), train.seq_len)
   train.seq_len = chosen
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory (its config.json "
                                "and latest checkpoint).")
@@ -92,6 +92,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not (_WORKDIR.value and _OUT.value):
     raise app.UsageError("give --workdir (a trained run) and --out (the folder to write)")
+  logging.set_verbosity(logging.WARNING)  # Orbax's restore chatter; the result is printed
   try:
     model, exp = trained_model(_WORKDIR.value)
     if _ADAPTERS_ONLY.value:

@@ -8,19 +8,24 @@ Data: the bundled Shakespeare corpus (data/shakespeare: 13 plays to train on, 2 
 4096-piece SentencePiece tokenizer is trained on it first (about 3 s).
 Measured on a 2-core CPU (2026-11-30): 600 steps in 2 min 36 s in all, ~0.2 s/step. Held-out
 MLM accuracy 12.3% (untrained 0.0%; always predicting the most frequent piece ',' scores
-4.8%), MLM cross-entropy 5.98 nats (unigram model 6.41); NSP stays at chance (0.693) this
-early. (Measured when a play was one document; since 2026-12-03 blank lines separate
-documents, so a play's speeches are its 12,841 training documents.)
+4.8%), MLM cross-entropy 5.98 nats (unigram model 6.41). Since 2026-12-03 blank lines separate
+documents, so a play's speeches are its 12,841 training documents: MLM 10.9%, NSP 0.62 at step
+600 where always answering "not next" scores 0.60 of the 512 held-out pairs (0.60 at steps
+200-400). NSP does not learn in 600 steps of 32 pairs, and this is not a bug: loss and gradients
+equal BertForPreTraining's (tests/test_objectives.py), the labels match the text; a speech's
+next line shares too few words with it for a 19k-pair budget (docs/experiments.md).
 
 Chinese (``:zh``): the bundled People's Daily sample (data/chinese/news: 1.7 MB, ~980
 articles, one sentence per line and a blank line between articles, BERT's format, so NSP has
-real "not next" sentences). Nothing else changes: the tokenizer fits the ~3,600 characters
-into 4,096 pieces by lowering the character coverage (logged), rarer characters are bytes.
+real "not next" sentences). Nothing else changes: the tokenizer keeps each Chinese character a
+piece of its own (as BERT's Chinese vocabulary), the 2,781 most frequent of 3,889 (99.66% of
+the text; logged), rarer ones as bytes, in 3,144 ids of the 4,096.
   python -m lm_research.main --config=configs/bert_tiny.py:zh --workdir=runs/bert_tiny_zh
-Measured (2-core CPU shared with other jobs, 2026-12-03): 600 steps in ~11 min; held-out MLM
-accuracy 0.0% -> 14.4%, MLM loss 8.35 -> 6.42 nats. NSP stays at chance even with ~940
-articles to draw "not next" sentences from: eval/nsp_accuracy 0.53 (the share of one label)
-at steps 200-600, and 0.53 still at step 1,000 of a run trained 3x longer (stopped there).
+Measured (2-core CPU shared with four other jobs, load ~12, 2026-12-03): 600 steps in 17 min;
+held-out MLM accuracy 0.0% -> 12.7% (per character; 14.4% with the earlier word pieces), MLM
+loss 6.09 nats. NSP 0.5695 at steps 200-600: the share of "not next" among the 223 held-out
+pairs, i.e. no learning yet, though a logistic regression on the pairs' token overlap scores
+75-77% (docs/experiments.md).
 Any other text: --config.data.train_path=... --config.data.eval_path=... with the default.
 """
 

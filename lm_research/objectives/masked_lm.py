@@ -17,7 +17,10 @@ instead of as a preprocessing job, so masks and sentence pairs are drawn anew ea
   when installed, else the tokenizer's words; ``data/word_segmenter.py``).
 
 A corpus of one document has no other document to draw "not next" segments from: NSP then
-pairs the document with itself and cannot learn, and the builder warns once.
+pairs the document with itself and cannot learn, and the builder warns once. With many
+documents NSP learns from what a pair shares (words, names, topic), but a tiny model needs
+more than a few hundred steps to start: the loss and its gradients equal Hugging Face's
+BertForPreTraining (tests/test_objectives.py; docs/experiments.md, "Next-sentence prediction").
 
 Two deliberate differences from the reference script: the 15% counts non-special tokens (the
 script counts [CLS]/[SEP] too, one token more at most), and random replacements never draw a

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state and of each process's data-iterator position.
 
 Layout of ``WORKDIR/checkpoints``:
-  <step>/state      parameters, optimizer state, step, RNG (Orbax, async, any mesh)
+  <step>/state      parameters, optimizer state, step, RNG (Orbax, async, any mesh); a LoRA
+                    run from init_from keeps its trained parameters only (train.initial_state)
   <step>/config     the resolved config (JSON)
   <step>/data/process_<i>-of-<n>.json   where process i of n's data iterator stood after <step>
                     (Grain's checkpoint handler)
@@ -31,6 +32,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import nnx
 
 from lm_research.models.layout import flatten, unflatten
 
@@ -144,8 +146,14 @@ class Checkpointer:
                 DATA: grain.checkpoint.CheckpointHandler()}
     self.manager = _Manager(self.directory, options=options, item_handlers=handlers)
 
+  # An nnx filter of the parameters to save (None: all). train.initial_state sets it for a LoRA
+  # run from init_from, whose frozen base is init_from's to keep, not a copy in every step.
+  params_filter = None
+
   def save(self, step: int, state: Any, data_state: dict | None, config: dict) -> None:
     """Starts an asynchronous save of ``state`` at ``step`` (returns before it is written)."""
+    if self.params_filter is not None:
+      state = state.replace(params=nnx.filter_state(state.params, self.params_filter))
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),

@@ -183,10 +183,13 @@ def load_trained_model(workdir: str, config=None):
 
 
 def _inspection_config(c: dict):
-  """The run's ModelConfig, with layers looped (not scanned) so each runs eagerly."""
+  """The run's ModelConfig (with its LoRA adapters, if it trained some), with layers looped
+  (not scanned) so each runs eagerly."""
   from lm_research.models import ModelConfig  # noqa: PLC0415
+  from lm_research.models.config import LoRAConfig  # noqa: PLC0415
   try:
-    return ModelConfig.from_dict(c["model"]).replace(scan_layers=False, remat="none")
+    return ModelConfig.from_dict(c["model"]).replace(
+        lora=LoRAConfig(**c.get("train", {}).get("lora", {})), scan_layers=False, remat="none")
   except (KeyError, TypeError) as e:
     raise ValueError(f"The run's config has no complete model block ({e}).") from None
 
@@ -195,10 +198,11 @@ def _restore(workdir: str, model_cfg):
   """The model with WORKDIR's latest parameters, built from shapes alone (no random init)."""
   from flax import nnx  # noqa: PLC0415
 
-  from lm_research import checkpointing  # noqa: PLC0415
+  from lm_research import pretrained  # noqa: PLC0415  (Orbax only when reading a checkpoint)
   from lm_research.models import build_model, layout  # noqa: PLC0415
   model = nnx.eval_shape(lambda: build_model(model_cfg, 0))  # shapes only: no random init
-  layout.set_params(model, layout.unstack_layers(checkpointing.read_params(workdir)))
+  # A LoRA run's checkpoint holds its adapters; checkpoint_params adds its base from init_from.
+  layout.set_params(model, pretrained.checkpoint_params(workdir))
   return model
 
 

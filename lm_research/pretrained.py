@@ -10,12 +10,14 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from lm_research import checkpointing
 from lm_research.models import lora
+from lm_research.models import build_model
 from lm_research.models.config import LoRAConfig, ModelConfig
 from lm_research.models.layout import (flatten, get_params, set_params, unflatten,
                                        unstack_layers)
@@ -72,10 +74,44 @@ def _source_params(path: str) -> dict:
     from lm_research.interop import hf  # noqa: PLC0415  (torch-free, but only needed here)
     model, _ = hf.load(path)
     return get_params(model)
-  params = unstack_layers(checkpointing.read_params(path))
+  params = checkpoint_params(path)
   # A LoRA run's body is its adapted model: adapters folded into the kernels they adapt.
   adapters = LoRAConfig(**checkpointing.read_config(path).get("train", {}).get("lora", {}))
   return lora.merged(params, adapters) if adapters.rank else params
+
+
+def check_base(path: str, checkpoint: str) -> None:
+  """Raises one line when the init_from a LoRA checkpoint's frozen base comes from is gone."""
+  if not os.path.exists(path):
+    raise ValueError(f"checkpoint {checkpoint} holds a LoRA run's adapters and task head only; "
+                     f"its frozen base is init_from={path!r}, which does not exist: put it back "
+                     "there, or pass --config.init_from=WHERE_IT_IS_NOW")
+
+
+def checkpoint_params(path: str) -> dict:
+  """A native checkpoint's parameters, loop layout, adapters unmerged. A LoRA run from
+  init_from saved its trained parameters only: its frozen base is read from that init_from
+  again (cast to train.lora.base_dtype), and a frozen weight the body lacked (e.g. a new
+  pooler) is drawn again from the run's seed, as its training initialised it."""
+  params = flatten(unstack_layers(checkpointing.read_params(path)))
+  saved = checkpointing.read_config(path)
+  adapters = LoRAConfig(**saved.get("train", {}).get("lora", {}))
+  if not adapters.rank or not all(lora.is_trained_name(k) for k in params):
+    return unflatten(params)  # a whole model (a LoRA run over a random base saves it all)
+  directory, step = checkpointing.latest_step(path)
+  check_base(saved.get("init_from", ""), f"{directory}/{step}")
+  cfg = ModelConfig.from_dict(saved["model"]).replace(lora=adapters)
+  wanted = flatten(get_params(nnx.eval_shape(lambda: build_model(
+      cfg.replace(scan_layers=False), 0))))  # the names, loop layout
+  base = flatten(_source_params(saved["init_from"]))
+  if any(k not in params and k not in base for k in wanted):
+    base = {**flatten(unstack_layers(nnx.to_pure_dict(jax.jit(lambda: nnx.state(
+        build_model(cfg, saved.get("seed", 0)), nnx.Param))()))), **base}
+  frozen = {k: base[k] for k in wanted if k not in params}
+  if adapters.base_dtype:  # the frozen weights as the run stored them (lora.store_frozen)
+    frozen = {k: jnp.asarray(v, adapters.base_dtype) if jnp.issubdtype(
+        jnp.asarray(v).dtype, jnp.floating) else v for k, v in frozen.items()}
+  return unflatten({**frozen, **{k: params[k] for k in wanted if k in params}})
 
 
 def merge_params(target: dict, source: dict) -> tuple[dict, list[str], list[str]]:

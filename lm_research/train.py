@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from lm_research import experiment
@@ -28,6 +29,7 @@ from lm_research import metrics as flops
 from lm_research import profiling, sharding, tracking, workdir_lock, writers
 from lm_research.checkpointing import Checkpointer
 from lm_research.experiment import Experiment
+from lm_research.models import lora
 from lm_research.optim import inference_params, make_optimizer
 from lm_research.preemption import Preemption
 
@@ -37,13 +39,34 @@ class NonFiniteLossError(RuntimeError):
 
 
 def initial_state(exp: Experiment, tx, ckpt: Checkpointer):
-  """(graphdef, state, shardings, data state, step) from a checkpoint, init_from, or scratch."""
+  """(graphdef, state, shardings, data state, step) from a checkpoint, init_from, or scratch.
+
+  A LoRA run from init_from checkpoints only what it trains (adapters, task head): resuming
+  loads its frozen base from init_from again, as its first start did (a LoRA run over a random
+  base, init_from='', checkpoints its whole state).
+  """
   graphdef, abstract_state, state_sh, init = experiment.state_layout(exp, tx)
+  trained_only = bool(exp.model_cfg.lora.rank and exp.config.init_from)
+  if trained_only:
+    ckpt.params_filter = lora.is_trainable
+    abstract_state = abstract_state.replace(
+        params=nnx.filter_state(abstract_state.params, lora.is_trainable))
   restored = ckpt.restore_latest(abstract_state, exp.config.to_dict())
   if restored is not None:
     state, data_state, step = restored
+    if trained_only:
+      from lm_research import pretrained  # noqa: PLC0415  (pulls in the Hugging Face converter)
+      pretrained.check_base(exp.config.init_from, f"{ckpt.directory}/{step}")
+      _, frozen = lora.split(_fresh_state(exp, tx, graphdef, init, state_sh).params,
+                             lora.is_trainable)
+      state = state.replace(params=lora.join(state.params, frozen))
     logging.info("Resuming from %s/%d.", ckpt.directory, step)
     return graphdef, state, state_sh, data_state, step
+  return graphdef, _fresh_state(exp, tx, graphdef, init, state_sh), state_sh, None, 0
+
+
+def _fresh_state(exp: Experiment, tx, graphdef, init, state_sh):
+  """The state at step 0: initialised, with init_from's weights loaded (if any)."""
   state = init()
   if exp.config.init_from:
     from lm_research import pretrained  # noqa: PLC0415  (pulls in the Hugging Face converter)
@@ -51,7 +74,7 @@ def initial_state(exp: Experiment, tx, ckpt: Checkpointer):
     # The optimizer state starts from the loaded weights (train.ema_decay's average does).
     state = state.replace(params=params, opt_state=jax.jit(
         tx.init, out_shardings=state_sh.opt_state)(params))
-  return graphdef, state, state_sh, None, 0
+  return state
 
 
 @contextlib.contextmanager

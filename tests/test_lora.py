@@ -1,6 +1,7 @@
 """LoRA (train.lora): adapters start as the base model, merge into the kernels with the same
 logits (and through hf.save / hf.load), train alone with optimizer state of their own, and
-give the same losses on a 2 x 4 (fsdp x tensor) mesh as on one device."""
+give the same losses on a 2 x 4 (fsdp x tensor) mesh as on one device; checkpoints hold the
+adapters alone (the base is init_from's) and a resumed run ends bit for bit as an unbroken one."""
 
 import json
 import os
@@ -12,13 +13,13 @@ import pytest
 from flax import nnx
 
 from configs import gpt_tiny
-from lm_research import checkpointing, experiment, export, pretrained, train
+from lm_research import checkpointing, experiment, export, plot, pretrained, train
 from lm_research.interop import hf
 from lm_research.models import ModelConfig, build_model, lora
 from lm_research.models.config import LoRAConfig
 from lm_research.models.layers import LoRAParam
 from lm_research.models.layout import (flatten, get_params, set_params, stack_layers,
-                                       unflatten, unstack_layers)
+                                       unflatten)
 from lm_research.optim import make_optimizer
 
 LLAMA = dict(family="decoder", vocab_size=64, d_model=32, num_layers=2, num_heads=4,
@@ -142,18 +143,21 @@ def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
   assert len(losses[(1, 1, 1)]) == 3
   np.testing.assert_allclose(losses[(1, 2, 4)], losses[(1, 1, 1)], rtol=2e-5)
 
-  trained = flatten(unstack_layers(checkpointing.read_params(str(workdir))))
+  # The checkpoint holds the adapters and their moments only; the base comes from init_from.
+  stored = _stored_state(workdir)
+  for part in ("params", "opt_state"):
+    names = [jax.tree_util.keystr(path) for path, x in
+             jax.tree_util.tree_leaves_with_path(stored[part]) if np.ndim(x)]
+    assert len(names) == {"params": 2, "opt_state": 4}[part] * 7  # 7 projections, layers stacked
+    assert all("lora_a" in k or "lora_b" in k for k in names)
+  trained = flatten(pretrained.checkpoint_params(str(workdir)))
+  assert set(trained) == set(flatten(get_params(build_model(ModelConfig(**LLAMA, lora=ADAPTERS),
+                                                            0))))
   for key, value in trained.items():
     if key[-1] in lora.ADAPTERS:
       assert key[-1] == "lora_a" or np.abs(value).max() > 0  # B left zero: it trained
     else:
       np.testing.assert_array_equal(value, base[key])
-  directory, step = checkpointing.latest_step(str(workdir))
-  stored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-  moments = [jax.tree_util.keystr(path) for path, x in
-             jax.tree_util.tree_leaves_with_path(stored["opt_state"]) if np.ndim(x)]
-  assert len(moments) == 2 * 2 * 7  # mu and nu of A and B of 7 projections (layers stacked)
-  assert all("lora_a" in k or "lora_b" in k for k in moments)
 
   model, _ = export.trained_model(str(workdir))  # what `python -m lm_research.export` writes
   hf.save(model, model.cfg, tmp_path / "merged")
@@ -166,6 +170,46 @@ def test_fine_tune_from_hf_folder_on_one_device_and_a_mesh(tmp_path):
   assert written == 2 * 7 * 2  # A and B of 7 projections in each of 2 layers
   with open(tmp_path / "adapters" / "adapter_config.json") as f:
     assert json.load(f) == dict(rank=4, alpha=16.0, targets="attention,mlp", base=str(folder))
+  inspected, _ = plot.load_trained_model(str(workdir))  # plot's model: adapters, layers looped
+  assert np.abs(_logits(inspected) - _logits(model)).max() <= 1e-5
+
+  # Stopped at step 2 and rerun to 3, a run ends bit for bit where the uninterrupted one did.
+  resumed = tmp_path / "resumed"
+  for steps in (2, 3):
+    c = _config(folder)
+    c.train.steps = steps
+    train.train_and_evaluate(c, str(resumed), jax.devices()[:1])
+  assert _losses(resumed) == losses[(1, 1, 1)]
+  jax.tree.map(np.testing.assert_array_equal, _stored_state(resumed),
+               _stored_state(tmp_path / "run(1, 1, 1)"))
+  # Without its base, resuming stops in one line and the checkpoint stays.
+  os.rename(folder, tmp_path / "moved")
+  with pytest.raises(ValueError, match=r"resumed/checkpoints/3 holds a LoRA run's adapters and "
+                     r"task head only; its frozen base is init_from='.*llama', which does not "
+                     r"exist: put it back there, or pass --config.init_from=WHERE_IT_IS_NOW$"):
+    train.train_and_evaluate(_config(folder), str(resumed), jax.devices()[:1])
+  assert checkpointing.latest_step(str(resumed))[1] == 3
+
+
+def _stored_state(workdir) -> dict:
+  """The latest checkpoint's state item as Orbax stored it (the RNG key as its raw data)."""
+  directory, step = checkpointing.latest_step(str(workdir))
+  stored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+  return {**stored, "rng": jax.random.key_data(stored["rng"])}
+
+
+def test_a_random_base_is_checkpointed_whole(tmp_path):
+  """init_from='' (no base to read again): the checkpoint holds every parameter."""
+  exp = experiment.make_experiment(_config(""), jax.devices()[:1])
+  tx, _ = make_optimizer(exp.optim_cfg)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  try:
+    _, state, _, _, _ = train.initial_state(exp, tx, ckpt)
+    ckpt.save(1, state, None, exp.config.to_dict())
+  finally:
+    ckpt.close()
+  assert len(jax.tree.leaves(_stored_state(tmp_path)["params"])) == len(
+      jax.tree.leaves(state.params))
 
 
 def test_bfloat16_base_keeps_adapters_in_float32():

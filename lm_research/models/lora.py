@@ -32,6 +32,11 @@ def is_trainable(path: tuple, value: Any) -> bool:
   return isinstance(value, LoRAParam) or (bool(path) and path[0] in TRAINED_HEADS)
 
 
+def is_trained_name(path: tuple) -> bool:
+  """``is_trainable`` for a plain parameter path (an adapter or the task head)."""
+  return path[-1] in ADAPTERS or path[0] in TRAINED_HEADS
+
+
 def trainable_filter(cfg: ModelConfig):
   """The filter of the parameters a run trains: ``is_trainable`` with LoRA, None (all) without."""
   return is_trainable if cfg.lora.rank else None

@@ -141,6 +141,7 @@ def test_mlm_loss_at_gathered_positions_equals_full_logits():
     np.testing.assert_allclose(gathered[term], value, rtol=1e-5, err_msg=term)
 
 
+@pytest.mark.slow  # imports torch and transformers, as tests/test_hf_parity.py
 def test_mlm_nsp_loss_and_gradients_match_hugging_face(tmp_path):
   """The optimised MLM + NSP loss and its gradients (pooler, NSP head, token types, attention)
   equal BertForPreTraining's ``loss`` with ``labels`` and ``next_sentence_label``."""

@@ -35,7 +35,8 @@ def naive_bayes(train, test):
   def score(text, label):
     return math.log(prior[label]) + sum(math.log((counts[label][g] + 1) / totals[label])
                                         for g in bigrams(text))
-  return sum(max(prior, key=lambda label: score(r["text"], label)) == r["label"] for r in test) / len(test)
+  right = sum(max(prior, key=lambda label: score(r["text"], label)) == r["label"] for r in test)
+  return right / len(test)
 
 
 def entity_dictionary(train, test, max_len=8, min_single=4):

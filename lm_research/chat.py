@@ -18,18 +18,22 @@ import sys
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuning run's directory (its config.json "
-                               "and latest checkpoint).")
-_INIT_FROM = flags.DEFINE_string("init_from", None, "A Hugging Face folder to chat with instead "
-                                 "(weights, tokenizer.json, chat template).")
-_SYSTEM = flags.DEFINE_string("system", "", "A system message that opens the conversation.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
-_MAX_PROMPT = flags.DEFINE_integer("max_prompt_tokens", 0, "Conversation tokens a reply sees "
-                                   "(0: the run's train.seq_len, or 1024 for a folder).")
-_STRATEGY = flags.DEFINE_enum("strategy", "greedy", ["greedy", "sample"], "How to pick tokens.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
-_TOP_P = flags.DEFINE_float("top_p", 0.9, "Sampling: the nucleus' probability mass.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+def define_flags() -> None:
+  """Defines this command's flags, only when it runs: tests import this module beside
+  lm_research.main, whose --workdir would clash."""
+  flags.DEFINE_string("workdir", None, "A fine-tuning run's directory (its config.json and "
+                      "latest checkpoint).")
+  flags.DEFINE_string("init_from", None, "A Hugging Face folder to chat with instead (weights, "
+                      "tokenizer.json, chat template).")
+  flags.DEFINE_string("system", "", "A system message that opens the conversation.")
+  flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
+  flags.DEFINE_integer("max_prompt_tokens", 0, "Conversation tokens a reply sees (0: the run's "
+                       "train.seq_len, or 1024 for a folder).")
+  flags.DEFINE_enum("strategy", "greedy", ["greedy", "sample"], "How to pick tokens.")
+  flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
+  flags.DEFINE_float("top_p", 0.9, "Sampling: the nucleus' probability mass.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 class Session:
@@ -131,22 +135,24 @@ def converse(session: Session, lines, out, system: str = "", seed: int = 0) -> i
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
+  if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.init_from):
     raise app.UsageError("give exactly one of --workdir (a trained run) and --init_from (a "
                          "Hugging Face folder)")
-  sample = _STRATEGY.value == "sample"
-  options = dict(max_prompt_tokens=_MAX_PROMPT.value, max_new_tokens=_MAX_NEW.value,
-                 strategy=_STRATEGY.value, temperature=_TEMPERATURE.value if sample else 1.0,
-                 top_p=_TOP_P.value if sample else 1.0)
-  session = (from_workdir(_WORKDIR.value, **options) if _WORKDIR.value
-             else from_folder(_INIT_FROM.value, **options))
+  f = flags.FLAGS
+  sample = f.strategy == "sample"
+  options = dict(max_prompt_tokens=f.max_prompt_tokens, max_new_tokens=f.max_new_tokens,
+                 strategy=f.strategy, temperature=f.temperature if sample else 1.0,
+                 top_p=f.top_p if sample else 1.0)
+  session = (from_workdir(f.workdir, **options) if f.workdir
+             else from_folder(f.init_from, **options))
   if sys.stdin.isatty():
     print("Type a message and press Enter; /reset starts over; Ctrl-D ends.", file=sys.stderr)
-  converse(session, sys.stdin, sys.stdout, _SYSTEM.value, _SEED.value)
+  converse(session, sys.stdin, sys.stdout, flags.FLAGS.system, flags.FLAGS.seed)
 
 
 def run() -> None:
   """Console entry: a bad workdir, folder or flag is one line, not a traceback."""
+  define_flags()
   try:
     app.run(main)
   except ValueError as e:

@@ -18,13 +18,19 @@ import shutil
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory (its config.json "
-                               "and latest checkpoint).")
-_OUT = flags.DEFINE_string("out", None, "The folder to write (new or empty).")
-_MODEL_TYPE = flags.DEFINE_string("model_type", None, "The Hugging Face model type to write "
-                                  "(e.g. mistral); default: the one the architecture implies.")
-_ADAPTERS_ONLY = flags.DEFINE_bool("adapters_only", False, "Write the trained adapters and "
-                                   "task head only, unmerged.")
+
+def define_flags() -> None:
+  """Defines this command's flags, only when it runs: tests import this module beside
+  lm_research.main, whose --workdir would clash."""
+  flags.DEFINE_string("workdir", None, "A training run's directory (its config.json and latest "
+                      "checkpoint).")
+  flags.DEFINE_string("out", None, "The folder to write (new or empty).")
+  flags.DEFINE_string("model_type", None, "The Hugging Face model type to write (e.g. mistral); "
+                      "default: the one the architecture implies.")
+  flags.DEFINE_bool("adapters_only", False, "Write the trained adapters and task head only, "
+                    "unmerged.")
+
+
 # A Hugging Face folder's tokenizer files, copied next to the exported weights.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
@@ -90,23 +96,24 @@ def write_adapters(model, base: str, out: str) -> int:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not (_WORKDIR.value and _OUT.value):
+  if not (flags.FLAGS.workdir and flags.FLAGS.out):
     raise app.UsageError("give --workdir (a trained run) and --out (the folder to write)")
   logging.set_verbosity(logging.WARNING)  # Orbax's restore chatter; the result is printed
   try:
-    model, exp = trained_model(_WORKDIR.value)
-    if _ADAPTERS_ONLY.value:
-      count = write_adapters(model, exp.config.init_from, _OUT.value)
-      print(f"wrote {count} adapter tensors to {_OUT.value}")
+    model, exp = trained_model(flags.FLAGS.workdir)
+    if flags.FLAGS.adapters_only:
+      count = write_adapters(model, exp.config.init_from, flags.FLAGS.out)
+      print(f"wrote {count} adapter tensors to {flags.FLAGS.out}")
       return
     from lm_research.interop import hf  # noqa: PLC0415
-    hf.save(model, model.cfg, _OUT.value, model_type=_MODEL_TYPE.value)
-    copied = _copy_tokenizer(exp.config.data.tokenizer_path, _OUT.value)
-    print(f"wrote {_OUT.value} (adapters merged: {bool(model.cfg.lora.rank)}; tokenizer: "
+    hf.save(model, model.cfg, flags.FLAGS.out, model_type=flags.FLAGS.model_type)
+    copied = _copy_tokenizer(exp.config.data.tokenizer_path, flags.FLAGS.out)
+    print(f"wrote {flags.FLAGS.out} (adapters merged: {bool(model.cfg.lora.rank)}; tokenizer: "
           f"{', '.join(copied) or 'none'})")
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -12,7 +12,6 @@ outgrows --max_prompt_tokens its oldest tokens are dropped. End of input ends th
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -83,29 +82,18 @@ def from_folder(folder: str, max_prompt_tokens: int = 0, **options) -> Session:
 
 def from_workdir(workdir: str, max_prompt_tokens: int = 0, **options) -> Session:
   """A Session on a run's latest (EMA, if kept) weights, tokenizer and chat format."""
-  import ml_collections  # noqa: PLC0415
-  from flax import nnx  # noqa: PLC0415
-  from lm_research import checkpointing, experiment, sharding, train  # noqa: PLC0415
-  from lm_research.optim import inference_params, make_optimizer  # noqa: PLC0415
+  from lm_research import export  # noqa: PLC0415  (JAX-heavy imports only once flags are valid)
   from lm_research.tasks import chat_examples  # noqa: PLC0415
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
     raise ValueError(f"--workdir={workdir!r} has no config.json; train there first, or chat "
                      "with a Hugging Face folder through --init_from")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  exp = experiment.make_experiment(config, None, workdir)
-  if exp.model_cfg.family != "decoder" or exp.model_cfg.head != "lm":
-    raise ValueError(f"--workdir={workdir!r} holds a {exp.model_cfg.family} with a "
-                     f"{exp.model_cfg.head} head; chat needs a decoder language model")
-  tx, _ = make_optimizer(exp.optim_cfg)
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-  try:
-    with sharding.active_mesh(exp.mesh):
-      graphdef, state, _, _ = train.trained_state(exp, tx, ckpt)
-  finally:
-    ckpt.close()
-  model = nnx.merge(graphdef, inference_params(state.params, state.opt_state))
+
+  def language_model(exp):
+    if exp.model_cfg.family != "decoder" or exp.model_cfg.head != "lm":
+      raise ValueError(f"--workdir={workdir!r} holds a {exp.model_cfg.family} with a "
+                       f"{exp.model_cfg.head} head; chat needs a decoder language model")
+
+  model, exp = export.trained_model(workdir, check=language_model)
   learned = exp.model_cfg.max_len if exp.model_cfg.position == "learned" else None
   length = _prompt_tokens(max_prompt_tokens or exp.config.train.seq_len, learned,
                           options.get("max_new_tokens", 32))

@@ -37,8 +37,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json", "chat_template.jinja", "chat_template.json")
 
 
-def trained_model(workdir: str):
-  """(model, experiment) of a run's latest weights (the moving average, if it kept one)."""
+def trained_model(workdir: str, check=None):
+  """(model, experiment) of a run's latest weights (the moving average, if it kept one);
+  ``check(experiment)`` may refuse the run before its weights are read."""
   import ml_collections  # noqa: PLC0415  (JAX-heavy imports only once flags are valid)
   from flax import nnx  # noqa: PLC0415
   from lm_research import checkpointing, experiment, sharding, train  # noqa: PLC0415
@@ -48,6 +49,8 @@ def trained_model(workdir: str):
     raise ValueError(f"--workdir={workdir!r} has no config.json; train there first")
   with open(path) as f:
     exp = experiment.make_experiment(ml_collections.ConfigDict(json.load(f)), None, workdir)
+  if check is not None:
+    check(exp)
   tx, _ = make_optimizer(exp.optim_cfg)
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   try:

@@ -1,7 +1,6 @@
-"""Texts in, generated texts out: prompts encoded for the family, decoded in fixed-shape batches.
-
-Every batch has the same shape (the last one is padded with empty prompts), so one compiled
-decoding function serves a whole eval set or predict file.
+"""Texts in, generated texts out: prompts encoded for the family, decoded in batches of
+similar prompt length, each cut to one of a few bucket widths (the last batch is padded with
+empty prompts), so a few compiled decoding functions serve a whole eval set or predict file.
 """
 
 from __future__ import annotations
@@ -13,7 +12,10 @@ import numpy as np
 from flax import nnx
 
 from lm_research import decoding
-from lm_research.data import chat_template
+from lm_research.data import chat_template, length_buckets
+
+# Prompt widths a generation batch is cut to (length_buckets.bucket_lengths), plus the row's.
+PROMPT_BUCKETS = 4
 
 
 def prompt_length(exp, max_new_tokens: int) -> int:
@@ -63,24 +65,32 @@ def decode_config(exp, max_new_tokens: int, eos_ids: tuple[int, ...] = (),
 
 def generate_ids(exp, graphdef, params, ids: np.ndarray, mask: np.ndarray, *, batch_size: int,
                  max_new_tokens: int, seed: int = 0, **options) -> list[list[int]]:
-  """The generated ids of each right-padded prompt row, without the stop id that ended it."""
+  """The generated ids of each right-padded prompt row, without the stop id that ended it.
+
+  Rows go longest prompt first, and each batch's prompts are cut to the shortest of a few
+  bucket lengths (data/length_buckets.py) that holds them, so short prompts are not decoded
+  at the full row width; each bucket compiles once.
+  """
   model = nnx.merge(graphdef, params)
   cfg = decode_config(exp, max_new_tokens, **options)
-  length = ids.shape[1]
-  outputs = []
+  prompt_lengths = mask.sum(axis=1)
+  buckets = length_buckets.bucket_lengths(prompt_lengths, ids.shape[1], PROMPT_BUCKETS, 8)
+  order = np.argsort(-prompt_lengths, kind="stable")
+  outputs: list[list[int]] = [[] for _ in range(len(ids))]
   for start in range(0, len(ids), batch_size):
-    rows = slice(start, start + batch_size)
-    n = len(ids[rows])
-    batch_ids = np.zeros((batch_size, length), np.int32)
-    batch_mask = np.zeros((batch_size, length), np.int32)
-    batch_ids[:n], batch_mask[:n] = ids[rows], mask[rows]
+    rows = order[start:start + batch_size]
+    n = len(rows)
+    width = next(b for b in buckets if b >= prompt_lengths[rows].max())
+    batch_ids = np.zeros((batch_size, width), np.int32)
+    batch_mask = np.zeros((batch_size, width), np.int32)
+    batch_ids[:n], batch_mask[:n] = ids[rows, :width], mask[rows, :width]
     batch_mask[n:, 0] = 1  # padding rows: a one-token prompt, so every row is well defined
     out = decoding.generate(model, batch_ids, batch_mask, cfg,
                             rng=jax.random.fold_in(jax.random.key(seed), start))
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-    for i in range(n):
+    for i, row_index in enumerate(rows):
       row = tokens[i, :lengths[i]].tolist()
-      outputs.append(row[:-1] if row and row[-1] in cfg.eos_ids else row)
+      outputs[row_index] = row[:-1] if row and row[-1] in cfg.eos_ids else row
   return outputs
 
 

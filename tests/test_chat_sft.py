@@ -47,13 +47,7 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_CONFIG = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Cheaper compiles for the searches (as tests/test_decoding.py): tiny models compile slowly."""
-  fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-  saved, decoding.api.COMPILER_OPTIONS = decoding.api.COMPILER_OPTIONS, fast
-  yield
-  decoding.api.COMPILER_OPTIONS = saved
+pytestmark = pytest.mark.usefixtures("fast_decoding_compiles")
 
 
 def bpe_folder(path, template=None, generation_eos=None, specials=QWEN_SPECIALS,

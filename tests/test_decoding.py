@@ -11,6 +11,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 from flax import nnx
 
 from lm_research import decoding, sharding
@@ -33,16 +34,9 @@ IDS = np.array([[5, 9, 14, 3, 22, 7], [8, 4, 2, 0, 0, 0]], np.int32)
 MASK = (IDS > 0).astype(np.int32)
 LENGTHS = MASK.sum(1)
 
-# Tiny models compile far slower than they run: skip XLA's expensive CPU passes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Cheaper compiles for this module's searches, restored afterwards."""
-  saved, decoding.api.COMPILER_OPTIONS = decoding.api.COMPILER_OPTIONS, FAST_COMPILE
-  yield
-  decoding.api.COMPILER_OPTIONS = saved
+pytestmark = pytest.mark.usefixtures("fast_decoding_compiles")
 
 
 @functools.lru_cache(maxsize=None)

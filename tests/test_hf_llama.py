@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 from safetensors.torch import save_file
 
-from lm_research import decoding, sharding
+from lm_research import sharding
 from lm_research.data import chat_template
 from lm_research.data.tokenizer import load_tokenizer
 from lm_research.decoding import DecodeConfig, generate
@@ -23,7 +23,7 @@ from lm_research.models.layout import get_params
 
 # Trains, compiles several models or starts processes: the full suite runs it, the fast tier
 # (-m 'not slow') does not.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_decoding_compiles")]
 
 TOL = 1e-4
 _SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -46,14 +46,6 @@ CASES = {
 }
 _apply = nnx.jit(lambda model, ids, mask: model(ids, attention_mask=mask).logits)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Cheaper compiles for the searches (as tests/test_decoding.py): tiny models compile slowly."""
-  fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-  saved, decoding.api.COMPILER_OPTIONS = decoding.api.COMPILER_OPTIONS, fast
-  yield
-  decoding.api.COMPILER_OPTIONS = saved
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

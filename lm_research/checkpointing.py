@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from lm_research import paths
 from lm_research.models.layout import flatten, unflatten
 
 QUARANTINE = "quarantine"
@@ -131,20 +132,21 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     quiet_library_teardown()
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.legacy_data_dir = os.path.join(self.directory, DATA, f"process_{jax.process_index()}")
+    self.directory = paths.resolve(os.path.join(workdir, "checkpoints"))  # local or gs://...
+    self.path = paths.as_path(self.directory)
+    self.legacy_data_dir = self.path / DATA / f"process_{jax.process_index()}"
     self.read_only = read_only
     self.manager = None
-    if read_only and not os.path.isdir(self.directory):
+    if read_only and not self.path.is_dir():
       return  # nothing trained yet: restore_latest finds no step
-    if not read_only and os.path.isdir(self.directory):
+    if not read_only and self.path.is_dir():
       self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save and not read_only,
         create=not read_only, cleanup_tmp_directories=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 DATA: grain.checkpoint.CheckpointHandler()}
-    self.manager = _Manager(self.directory, options=options, item_handlers=handlers)
+    self.manager = _Manager(self.path, options=options, item_handlers=handlers)
 
   # An nnx filter of the parameters to save (None: all). train.initial_state sets it for a LoRA
   # run from init_from, whose frozen base is init_from's to keep, not a copy in every step.
@@ -192,7 +194,7 @@ class Checkpointer:
       return restored.state, None if self.read_only else self._read_data_state(step), step
     quarantined = self._quarantined()
     if unreadable or quarantined:
-      where = (f"moved to {os.path.join(self.directory, QUARANTINE)}" if not self.read_only
+      where = (f"moved to {self.path / QUARANTINE}" if not self.read_only
                else "left in place")
       raise ValueError(
           f"no readable checkpoint in {self.directory} (unreadable steps "
@@ -223,34 +225,33 @@ class Checkpointer:
   def _set_aside(self, step: int, reason: str, error: Exception) -> str:
     """Moves an unreadable step to quarantine/ (a writer on process 0) and says so in one line;
     returns the step's name."""
-    source = os.path.join(self.directory, str(step))
+    source = self.path / str(step)
     if self.read_only or jax.process_index() != 0:
       logging.warning("Checkpoint %s is unreadable (%s); using the one before it.", source,
                       _first_line(error))
       return str(step)
-    target = os.path.join(self.directory, QUARANTINE, f"{step}-{reason}")
+    target = self.path / QUARANTINE / f"{step}-{reason}"
     n = 1
-    while os.path.exists(target):
-      target = os.path.join(self.directory, QUARANTINE, f"{step}-{reason}.{n}")
+    while target.exists():
+      target = self.path / QUARANTINE / f"{step}-{reason}.{n}"
       n += 1
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.rename(source, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)  # on an object store: a copy of every object, then a delete
     self.manager.reload()
     logging.warning("Checkpoint %s is unreadable (%s); moved it to %s and resuming from the "
                     "newest readable step.", source, _first_line(error), target)
     return str(step)
 
   def _quarantined(self) -> list[str]:
-    path = os.path.join(self.directory, QUARANTINE)
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    path = self.path / QUARANTINE
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
   def _mismatch(self, step: int, stored: dict, wanted: dict, config: dict | None) -> str:
     """The config-change error: which fields (or arrays) differ from the saved run's."""
     changed = []
-    saved_path = os.path.join(self.directory, str(step), "config", "metadata")
-    if config is not None and os.path.exists(saved_path):
-      with open(saved_path) as f:
-        saved, now = _flat(json.load(f)), _flat(config)
+    saved_path = self.path / str(step) / "config" / "metadata"
+    if config is not None and saved_path.exists():
+      saved, now = _flat(json.loads(saved_path.read_text())), _flat(config)
       # Saved configs hold resolved values ('auto' made 'xla'); those are not changes.
       changed = [f"{k}={saved.get(k)!r} (this run: {now.get(k)!r})"
                  for k in sorted(set(saved) | set(now))
@@ -278,68 +279,71 @@ class Checkpointer:
   def _read_data_state(self, step: int) -> dict | None:
     """This process's data position at ``step``: the step's data item, else (a workdir saved
     before positions moved into the step) data/process_<i>/<step>.json."""
-    item = os.path.join(self.directory, str(step), DATA)
-    if os.path.isdir(item):
+    item = self.path / str(step) / DATA
+    if item.is_dir():
       mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-      if not os.path.exists(os.path.join(item, mine)):
-        saved = ", ".join(sorted(n for n in os.listdir(item) if n.endswith(".json")))
+      if not (item / mine).exists():
+        saved = ", ".join(sorted(p.name for p in item.iterdir() if p.name.endswith(".json")))
         raise ValueError(f"checkpoint {self.directory}/{step} holds the data positions of "
                          f"another process count ({saved}), not {mine}: rerun with the saved "
                          "run's process count, or use a new --workdir")
       return self.manager.restore(step, args=ocp.args.Composite(
           **{DATA: grain.checkpoint.CheckpointRestore(_DataPosition())}))[DATA].state
-    path = os.path.join(self.legacy_data_dir, f"{step}.json")
-    if not os.path.exists(path):
+    path = self.legacy_data_dir / f"{step}.json"
+    if not path.exists():
       logging.warning("No data-iterator state for step %d at %s; data restarts from its "
                       "beginning.", step, path)
       return None
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
 
   def _prune_legacy_data_states(self) -> None:
     """Drops the old layout's data positions of steps Orbax no longer keeps, then its folder
     once empty."""
-    if not os.path.isdir(self.legacy_data_dir):
+    if not self.legacy_data_dir.is_dir():
       return
     keep = {f"{s}.json" for s in self.manager.all_steps()}
-    for name in os.listdir(self.legacy_data_dir):
-      if name not in keep:
-        os.remove(os.path.join(self.legacy_data_dir, name))
-    for folder in (self.legacy_data_dir, os.path.dirname(self.legacy_data_dir)):
-      try:
-        os.rmdir(folder)
-      except OSError:  # not empty yet (kept steps, or another process's positions)
-        return
+    for path in self.legacy_data_dir.iterdir():
+      if path.name not in keep:
+        path.unlink()
+    for folder in (self.legacy_data_dir, self.legacy_data_dir.parent):
+      if any(folder.iterdir()):
+        return  # not empty yet (kept steps, or another process's positions)
+      folder.rmdir()
 
   def _warn_incomplete(self) -> None:
-    for name in sorted(os.listdir(self.directory)):
-      if "tmp" in name:
-        logging.warning("Skipping incomplete checkpoint %s (a save was interrupted).",
-                        os.path.join(self.directory, name))
+    for path in sorted(self.path.iterdir()):
+      if "tmp" in path.name:
+        logging.warning("Skipping incomplete checkpoint %s (a save was interrupted).", path)
 # ------------------------------------------------- reading a checkpoint without a training run
 
 
 def latest_step(path: str) -> tuple[str, int]:
   """(checkpoints directory, step) of a workdir, its checkpoints/ folder or one step folder."""
-  if not os.path.exists(path):
+  paths.check_filesystem(path)
+  if not paths.exists(path):
     raise ValueError(f"{path!r} does not exist; give a workdir, a checkpoint or a Hugging Face "
                      "folder (config.json + *.safetensors).")
-  directory = os.path.abspath(path)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
-  if os.path.basename(directory).isdigit() and os.path.isdir(os.path.join(directory, "state")):
-    return os.path.dirname(directory), int(os.path.basename(directory))
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  directory = paths.as_path(path)
+  if (directory / "checkpoints").is_dir():
+    directory = directory / "checkpoints"
+  if directory.name.isdigit() and (directory / "state").is_dir():
+    return os.fspath(directory.parent), int(directory.name)
+  steps = _steps(directory) if directory.is_dir() else []
   if not steps:
     raise ValueError(f"{path!r} holds no checkpoint; point it at a workdir, its checkpoints/ "
                      "folder, a step folder, or a Hugging Face folder.")
-  return directory, max(steps)
+  return os.fspath(directory), max(steps)
+
+
+def _steps(directory) -> list[int]:
+  """The step numbers of the step folders in a checkpoints/ directory."""
+  return [int(p.name) for p in paths.as_path(directory).iterdir() if p.name.isdigit()]
 
 
 def _read_latest(path: str, **items) -> tuple[Any, str, int]:
   """(restored items, checkpoints directory, step) of the latest step at ``path``."""
   directory, step = latest_step(path)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  manager = ocp.CheckpointManager(paths.as_path(directory), item_names=("state", "config"))
   try:
     return manager.restore(step, args=ocp.args.Composite(**items)), directory, step
   finally:
@@ -350,9 +354,8 @@ def read_config(path: str) -> dict:
   """The resolved experiment config saved with the newest checkpoint at ``path`` whose config
   can be read (a corrupt latest step is left for a training run's restore to set aside)."""
   directory, latest = latest_step(path)
-  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit() and int(n) <= latest),
-                 reverse=True)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
+  steps = sorted((n for n in _steps(directory) if n <= latest), reverse=True)
+  manager = ocp.CheckpointManager(paths.as_path(directory), item_names=("state", "config"))
   try:
     for step in steps:
       try:

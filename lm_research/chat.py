@@ -17,6 +17,8 @@ import sys
 
 from absl import app, flags
 
+from lm_research import paths
+
 
 def define_flags() -> None:
   """Defines this command's flags, only when it runs: tests import this module beside
@@ -84,7 +86,7 @@ def from_workdir(workdir: str, max_prompt_tokens: int = 0, **options) -> Session
   """A Session on a run's latest (EMA, if kept) weights, tokenizer and chat format."""
   from lm_research import export  # noqa: PLC0415  (JAX-heavy imports only once flags are valid)
   from lm_research.tasks import chat_examples  # noqa: PLC0415
-  if not os.path.isfile(os.path.join(workdir, "config.json")):
+  if not (paths.as_path(workdir) / "config.json").is_file():
     raise ValueError(f"--workdir={workdir!r} has no config.json; train there first, or chat "
                      "with a Hugging Face folder through --init_from")
 

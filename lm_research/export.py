@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 from absl import app, flags, logging
+
+from lm_research import paths
 
 
 def define_flags() -> None:
@@ -44,11 +45,11 @@ def trained_model(workdir: str, check=None):
   from flax import nnx  # noqa: PLC0415
   from lm_research import checkpointing, experiment, sharding, train  # noqa: PLC0415
   from lm_research.optim import inference_params, make_optimizer  # noqa: PLC0415
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = paths.as_path(workdir) / "config.json"
+  if not path.is_file():
     raise ValueError(f"--workdir={workdir!r} has no config.json; train there first")
-  with open(path) as f:
-    exp = experiment.make_experiment(ml_collections.ConfigDict(json.load(f)), None, workdir)
+  exp = experiment.make_experiment(ml_collections.ConfigDict(json.loads(path.read_text())), None,
+                                   workdir)
   if check is not None:
     check(exp)
   tx, _ = make_optimizer(exp.optim_cfg)
@@ -62,15 +63,18 @@ def trained_model(workdir: str, check=None):
 
 
 def _copy_tokenizer(tokenizer_path: str, out: str) -> list[str]:
-  """Copies the run's tokenizer (a folder's tokenizer files, or one file) into ``out``."""
-  if os.path.isdir(tokenizer_path):
-    names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(tokenizer_path, n))]
-    sources = [os.path.join(tokenizer_path, n) for n in names]
+  """Copies the run's tokenizer (a folder's tokenizer files, or one file; local or in a remote
+  workdir) into ``out``."""
+  if not tokenizer_path:
+    return []
+  where = paths.as_path(tokenizer_path)
+  if where.is_dir():
+    sources = [where / n for n in TOKENIZER_FILES if (where / n).is_file()]
   else:
-    sources = [tokenizer_path] if os.path.isfile(tokenizer_path) else []
+    sources = [where] if where.is_file() else []
   for source in sources:
-    shutil.copy(source, out)
-  return [os.path.basename(s) for s in sources]
+    paths.write_bytes(os.path.join(out, source.name), source.read_bytes())
+  return [s.name for s in sources]
 
 
 def write_adapters(model, base: str, out: str) -> int:

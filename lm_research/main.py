@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lm_research import hugepages
+from lm_research import hugepages, paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
@@ -63,6 +63,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  paths.check_filesystem(workdir)  # a gs:// workdir without gcsfs: one line before any work
   for handler in std_logging.getLogger().handlers + logging.get_absl_logger().handlers:
     handler.addFilter(_OnlyOurInfo())
   _init_distributed()

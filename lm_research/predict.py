@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from lm_research import sharding, writers
+from lm_research import paths, sharding, writers
 from lm_research.data import inputs, length_buckets, units
 from lm_research.data import chat_template
 from lm_research.tasks import chat_examples
@@ -111,10 +111,9 @@ def read_inputs(path: str, kind: str) -> list[Input]:
   readable line at all is a one-line ValueError."""
   if not path:
     raise ValueError("--mode=predict needs --config.predict.input=FILE (lines, .tsv or .jsonl)")
-  if not os.path.isfile(path):
+  if not paths.as_path(path).is_file():
     raise ValueError(f"predict.input={path!r} is not a file")
-  with open(path, "rb") as f:
-    raw_lines = f.read().split(b"\n")
+  raw_lines = paths.as_path(path).read_bytes().split(b"\n")
   if raw_lines and not raw_lines[-1]:
     raw_lines.pop()  # the newline that ends the last line starts no new one
   header, first = None, 1
@@ -241,9 +240,6 @@ def run(exp, graphdef, params, step: int) -> str:
   results = [{"line": i.line, "error": i.error} if i.record is None else
              {"line": i.line, **next(predicted), "truncated": truncated(exp, kind, i.record)}
              for i in inputs]
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w", encoding="utf-8") as f:
-    for result in results:
-      f.write(json.dumps(result, ensure_ascii=False) + "\n")
+  paths.write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
   writers.log_progress(_summary(results, output, exp, kind), True)
   return output

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from lm_research import checkpointing
+from lm_research import checkpointing, paths
 from lm_research.models import lora
 from lm_research.models import build_model
 from lm_research.models.config import LoRAConfig, ModelConfig
@@ -49,7 +49,7 @@ class Body:
 
   def tokenizer_path(self) -> str:
     """Its tokenizer, or a one-line error when it is not where the body says."""
-    if not os.path.exists(self.saved_tokenizer):
+    if not paths.exists(self.saved_tokenizer):  # local or remote (gs://...)
       raise ValueError(f"init_from={self.path!r} has no tokenizer at {self.saved_tokenizer}; set "
                        "data.tokenizer_path to the tokenizer the model was pretrained with")
     return self.saved_tokenizer
@@ -82,7 +82,7 @@ def _source_params(path: str) -> dict:
 
 def check_base(path: str, checkpoint: str) -> None:
   """Raises one line when the init_from a LoRA checkpoint's frozen base comes from is gone."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise ValueError(f"checkpoint {checkpoint} holds a LoRA run's adapters and task head only; "
                      f"its frozen base is init_from={path!r}, which does not exist: put it back "
                      "there, or pass --config.init_from=WHERE_IT_IS_NOW")

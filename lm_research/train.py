@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from lm_research import experiment
 from lm_research import metrics as flops
-from lm_research import profiling, sharding, tracking, workdir_lock, writers
+from lm_research import paths, profiling, sharding, tracking, workdir_lock, writers
 from lm_research.checkpointing import Checkpointer
 from lm_research.experiment import Experiment
 from lm_research.models import lora
@@ -103,10 +103,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The resolved config as WORKDIR/config.json (process 0; replaced whole, never half-written)."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-  os.replace(path + ".tmp", path)
+  paths.write_text(os.path.join(workdir, "config.json"),
+                   json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

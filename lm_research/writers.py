@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 from typing import Mapping, Sequence
 
 from absl import logging
+
+from lm_research import paths
 
 
 class MetricsWriter:
@@ -19,11 +20,13 @@ class MetricsWriter:
   hands the same step to each extra sink (``lm_research.tracking``: W&B, TensorBoard)."""
 
   def __init__(self, workdir: str, *, is_main: bool = True, sinks: Sequence = ()):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.as_path(workdir) / "metrics.jsonl"
+    self.remote = paths.is_remote(workdir)
+    self._lines = None  # a remote file's lines, to rewrite it whole (write)
     self.is_main = is_main
     self.sinks = list(sinks) if is_main else []
     if is_main:
-      os.makedirs(workdir, exist_ok=True)
+      self.path.parent.mkdir(parents=True, exist_ok=True)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     """Writes ``metrics`` for ``step``; non-finite values become null (valid JSON)."""
@@ -33,8 +36,18 @@ class MetricsWriter:
     for key, value in metrics.items():
       value = float(value)
       record[key] = value if math.isfinite(value) else None
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self.remote:
+      # An object store cannot append: keep the lines and replace the object whole, so it holds
+      # every step logged so far after each write (a buffer flushed now and then would lose the
+      # steps since its last flush when the run dies; the rewrite costs O(file) per log step).
+      if self._lines is None:
+        self._lines = _lines(self.path)
+      self._lines.append(line)
+      paths.write_text(self.path, "".join(self._lines))
+    else:
+      with open(self.path, "a") as f:
+        f.write(line)
     for sink in self.sinks:
       sink.write(step, {k: float(v) for k, v in metrics.items()})
 
@@ -42,28 +55,29 @@ class MetricsWriter:
     """Drops lines logged after ``step`` (a resumed run re-logs them from its checkpoint)."""
     for sink in self.sinks:
       sink.truncate_after(step)
-    if not self.is_main or not os.path.exists(self.path):
+    if not self.is_main or not self.path.exists():
       return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(kept)
+    self._lines = [line for line in _lines(self.path) if json.loads(line)["step"] <= step]
+    paths.write_text(self.path, "".join(self._lines))
 
 
 def read_records(workdir: str) -> list[dict]:
   """Every complete line of WORKDIR/metrics.jsonl as a dict (a line still being written by a
   live run is skipped); [] when there is no file yet."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        continue
+  for line in _lines(paths.as_path(workdir) / "metrics.jsonl"):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
   return records
+
+
+def _lines(path) -> list[str]:
+  """The non-blank lines of a metrics file, each ending in a newline ([] when there is none)."""
+  if not path.exists():
+    return []
+  return [line + "\n" for line in path.read_text().splitlines() if line.strip()]
 
 
 def progress_line(step: int, total: int, metrics: Mapping[str, float], seconds_per_step: float,

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 from absl import logging
 
-from lm_research import hosts, pretrained
+from lm_research import hosts, paths, pretrained
 from lm_research.tasks.registry import Task, task_of
 
 # ModelConfig fields the run decides; every other one comes from the pretrained body.
@@ -35,7 +34,8 @@ def _body(config, workdir: str) -> pretrained.Body:
   if workdir and pretrained.has_checkpoint(workdir):
     return pretrained.resolve(workdir)
   path = config.init_from
-  if not os.path.exists(path):
+  paths.check_filesystem(path)
+  if not paths.exists(path):
     tiny = TINY_BODIES[config.model.family]
     raise ValueError(f"init_from={path!r} does not exist; pretrain it first (e.g. `python -m "
                      f"lm_research.main --config=configs/{tiny}.py --workdir={path}`) or point "
@@ -55,10 +55,9 @@ def adopt_pretrained(config, body: pretrained.Body) -> None:
 def _labels(config, workdir: str, field: str, open_split) -> list[str]:
   """The run's label names: WORKDIR/labels.json if training made it, else the training data's
   (read by process 0, which writes labels.json for the other processes to read)."""
-  path = os.path.join(workdir, "labels.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)["labels"]
+  path = paths.as_path(workdir) / "labels.json"
+  if path.exists():
+    return json.loads(path.read_text())["labels"]
   # Opening is collective (sources.open_source): every process opens, before process 0's turn.
   training = open_split("train")
   try:
@@ -69,13 +68,12 @@ def _labels(config, workdir: str, field: str, open_split) -> list[str]:
       "derive the labels", lambda: _derive_labels(config, path, field, training, evaluation))
 
 
-def _derive_labels(config, path: str, field: str, training, evaluation) -> list[str]:
+def _derive_labels(config, path, field: str, training, evaluation) -> list[str]:
   """The training data's labels, checked against the eval data's, written to ``path`` (or read
   from it, on the processes after process 0)."""
   from lm_research.data import formats, sources  # noqa: PLC0415  (TFDS only when needed)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)["labels"]
+  if path.exists():
+    return json.loads(path.read_text())["labels"]
   labels = sources.label_vocab(training, field)
   policy = config.data.unseen_eval_labels
   if policy not in ("error", "count_wrong") or (policy == "count_wrong" and field == "label"):
@@ -92,10 +90,8 @@ def _derive_labels(config, path: str, field: str, training, evaluation) -> list[
   if len(labels) < 2 and field == "label":
     raise ValueError(f"the training data has a single label ({labels[0]!r}); a classifier needs "
                      "examples of at least two")
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path + ".tmp", "w") as f:  # replaced whole: another process may read it next
-    json.dump({"field": field, "labels": labels}, f, indent=1)
-  os.replace(path + ".tmp", path)
+  # Written whole: another process may read it next.
+  paths.write_text(path, json.dumps({"field": field, "labels": labels}, indent=1))
   logging.info("%d %ss: %s", len(labels), field, ", ".join(labels[:20]))
   return labels
 

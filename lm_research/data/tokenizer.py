@@ -30,6 +30,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 import tokenizers
 
+from lm_research import paths
 from lm_research.data import chat_template
 
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
@@ -134,15 +135,6 @@ class Tokenizer(abc.ABC):
     return f"{type(self).__name__}(family={self.family}, vocab_size={self.vocab_size})"
 
 
-def atomic_write(path: str, data: bytes) -> None:
-  """Write-then-rename, so a crash never leaves a half-written tokenizer to be loaded later."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece model; T5's spiece.model gets its 100 sentinels appended, as T5 does."""
 
@@ -203,7 +195,7 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.id_to_piece(i) if i < self._real else SENTINEL.format(self.vocab_size - 1 - i)
 
   def save(self, path: str) -> None:
-    atomic_write(path, self._proto)
+    paths.write_bytes(path, self._proto)  # whole: never a half-written tokenizer to load
 
   def __getstate__(self):
     return {"proto": self._proto, "family": self.family, "where": self._where}
@@ -250,7 +242,7 @@ class HuggingFaceTokenizer(Tokenizer):
     return self._tok.id_to_token(i)
 
   def save(self, path: str) -> None:
-    atomic_write(path, self._tok.to_str().encode())
+    paths.write_bytes(path, self._tok.to_str().encode())
 
 
 def _bert_lowercase(vocab_file: str, vocab: dict[str, int]) -> bool:
@@ -282,12 +274,13 @@ def _wordpiece(vocab_file: str) -> tokenizers.Tokenizer:
 def load_tokenizer(path: str, family: str) -> Tokenizer:
   """A tokenizer.json, BERT vocab.txt or SentencePiece .model, or a folder holding one."""
   check_family(family)
-  if not os.path.exists(path):
+  paths.check_filesystem(path)
+  if not paths.exists(path):
     raise ValueError(f"tokenizer {path!r} does not exist; give a .model, tokenizer.json, "
                      "vocab.txt or a folder with one (or leave data.tokenizer_path empty to "
                      "train one)")
-  if os.path.isdir(path):
-    names = sorted(os.listdir(path))
+  if paths.as_path(path).is_dir():
+    names = sorted(p.name for p in paths.as_path(path).iterdir())
     found = [n for n in ("tokenizer.json", "vocab.txt", "spiece.model") if n in names]
     found += [n for n in names if n.endswith(".model")]
     if not found:
@@ -296,12 +289,12 @@ def load_tokenizer(path: str, family: str) -> Tokenizer:
     path = os.path.join(path, found[0])
   if path.endswith(".json"):
     try:
-      tok = tokenizers.Tokenizer.from_file(path)
+      tok = tokenizers.Tokenizer.from_str(paths.as_path(path).read_text())
     except Exception as e:  # noqa: BLE001  (tokenizers raises its own type on a bad file)
       raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({e})") from None
     return HuggingFaceTokenizer(tok, family, path,
                                 chat_template.declared_ids(os.path.dirname(path), tok.token_to_id))
   if path.endswith(".txt"):
     return HuggingFaceTokenizer(_wordpiece(path), family, path)
-  with open(path, "rb") as f:
-    return SentencePieceTokenizer(f.read(), family, path)
+  # Read as bytes (SentencePiece's model_proto), so a model in a remote workdir loads as well.
+  return SentencePieceTokenizer(paths.as_path(path).read_bytes(), family, path)

@@ -23,6 +23,7 @@ from absl import logging
 import numpy as np
 import sentencepiece as spm
 
+from lm_research import paths
 from lm_research.data import char_coverage, formats, tokenizer, units
 
 # Specials of a SentencePiece model trained here; pad is id 0 in every family.
@@ -139,7 +140,7 @@ def train_sentencepiece(texts: str | Iterable[str], model_prefix: str, vocab_siz
                      "data.tokenizer_type (--vocab_size, --character_coverage, --model_type), "
                      "or the data") from None
   path = f"{model_prefix}.model"
-  tokenizer.atomic_write(path, model.getvalue())
+  paths.write_bytes(path, model.getvalue())  # whole: never a half-written model to load
   return tokenizer.SentencePieceTokenizer(model.getvalue(), family, path)
 
 
@@ -154,7 +155,7 @@ def get_or_train_tokenizer(tokenizer_path: str, texts_fn: Callable[[], Iterable[
   path = tokenizer_path or (os.path.join(workdir, "tokenizer.model") if workdir else "")
   if not path:
     raise ValueError("no tokenizer: set data.tokenizer_path, or give a workdir to train one in")
-  if os.path.exists(path):
+  if paths.exists(path):
     tok = tokenizer.load_tokenizer(path, family)
     logging.info("loaded tokenizer %s (%d ids)", path, tok.vocab_size)
     return tok

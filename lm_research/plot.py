@@ -24,6 +24,8 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lm_research import paths  # noqa: E402
+
 FAMILIES = ("loss", "accuracy", "lr", "throughput", "other")
 _ACCURACY_WORDS = ("accuracy", "f1", "exact_match", "precision", "recall", "bleu", "rouge")
 
@@ -44,41 +46,57 @@ def metric_family(key: str) -> str:
 
 def read_metrics(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{metric key: (steps, values)} from WORKDIR/metrics.jsonl; a re-logged step keeps its last."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = paths.as_path(workdir) / "metrics.jsonl"
+  if not path.is_file():
     raise ValueError(f"{workdir} has no metrics.jsonl; give the --workdir of a training run.")
   series: dict[str, dict[int, float]] = {}
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        step = int(record.pop("step"))
-      except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{path} line {number} is not a JSON object with a 'step'.") from None
-      for key, value in record.items():
-        if isinstance(value, (int, float)) or value is None:  # null = a non-finite value
-          series.setdefault(key, {})[step] = math.nan if value is None else float(value)
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = int(record.pop("step"))
+    except (ValueError, KeyError, TypeError):
+      raise ValueError(f"{path} line {number} is not a JSON object with a 'step'.") from None
+    for key, value in record.items():
+      if isinstance(value, (int, float)) or value is None:  # null = a non-finite value
+        series.setdefault(key, {})[step] = math.nan if value is None else float(value)
   return {key: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
           for key, points in series.items()}
 
 
 def run_labels(workdirs: Sequence[str]) -> list[str]:
   """Legend names: each workdir's folder name, or its path below their common parent on a clash."""
-  paths = [os.path.abspath(w) for w in workdirs]
-  names = [os.path.basename(p) for p in paths]
+  resolved = [paths.resolve(w) for w in workdirs]
+  names = [os.path.basename(p) for p in resolved]
   if len(set(names)) == len(names):
     return names
-  common = os.path.commonpath(paths)
-  return [os.path.relpath(p, common) if p != common else p for p in paths]
+  common = _common_parent(resolved)
+  return [p[len(common):].lstrip("/") or p for p in resolved]
 
 
 def default_out(workdirs: Sequence[str]) -> str:
   """WORKDIR/plots for one run; the runs' common parent/plots for several."""
-  paths = [os.path.abspath(w) for w in workdirs]
-  base = paths[0] if len(paths) == 1 else os.path.commonpath(paths)
+  resolved = [paths.resolve(w) for w in workdirs]
+  base = resolved[0] if len(resolved) == 1 else _common_parent(resolved)
+  if not base:
+    raise ValueError("The workdirs share no folder to hold plots/; give --out.")
   return os.path.join(base, "plots")
+
+
+def _common_parent(resolved: Sequence[str]) -> str:
+  """The longest common folder of absolute paths or URIs (os.path.commonpath would turn
+  'gs://b' into 'gs:/b'); '' for URIs in different buckets."""
+  parts = [p.split("/") for p in resolved]
+  common = []
+  for names in zip(*parts):
+    if len(set(names)) > 1:
+      break
+    common.append(names[0])
+  joined = "/".join(common)
+  if paths.is_remote(resolved[0]):
+    return joined if len(common) > 2 else ""  # ['gs:', ''] alone: no common bucket
+  return joined or "/"
 
 
 def plot_curves(workdirs: Sequence[str], out: str) -> list[str]:
@@ -87,7 +105,6 @@ def plot_curves(workdirs: Sequence[str], out: str) -> list[str]:
     raise ValueError("Give at least one WORKDIR holding a metrics.jsonl.")
   runs = [read_metrics(w) for w in workdirs]
   labels = run_labels(workdirs)
-  os.makedirs(out, exist_ok=True)
   written = []
   for family in FAMILIES:
     keys = sorted({k for run in runs for k in run if metric_family(k) == family},
@@ -113,8 +130,7 @@ def plot_curves(workdirs: Sequence[str], out: str) -> list[str]:
     for ax in list(axes.flat)[len(keys):]:
       ax.set_visible(False)
     fig.tight_layout()
-    path = os.path.join(out, f"{family}.png")
-    fig.savefig(path, dpi=100)
+    path = paths.save_figure(fig, os.path.join(out, f"{family}.png"), dpi=100)
     plt.close(fig)
     written.append(path)
   if not written:
@@ -164,10 +180,9 @@ def _model_config_dict(workdir: str, config) -> dict:
   from lm_research import checkpointing  # noqa: PLC0415  (Orbax only when reading a checkpoint)
   if config is not None:
     return config.to_dict()
-  path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.load(f)
+  path = paths.as_path(workdir) / "config.json"
+  if path.is_file():
+    return json.loads(path.read_text())
   try:
     return checkpointing.read_config(workdir)
   except ValueError:
@@ -214,7 +229,7 @@ def plot_attention(workdir: str, sentence: str, out: str, config=None,
     raise ValueError("--sentence is empty; give the text whose attention to draw.")
   c = _model_config_dict(workdir, config)
   cfg = _inspection_config(c)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not (paths.as_path(workdir) / "checkpoints").is_dir():
     raise ValueError(f"{workdir} has no checkpoints/ to draw attention from; train there first.")
   tokenizer_path = tokenizer_path or c["data"].get("tokenizer_path") or os.path.join(
       workdir, "tokenizer.model")
@@ -232,7 +247,7 @@ def plot_attention(workdir: str, sentence: str, out: str, config=None,
                      f"{cfg.vocab_size}; pass the run's own tokenizer with --tokenizer.")
   maps = attention_maps(_restore(workdir, cfg), ids)
   pieces = [tok.id_to_piece(i) for i in ids]
-  path = os.path.join(out, f"attention_{os.path.basename(os.path.abspath(workdir))}.png")
+  path = os.path.join(out, f"attention_{paths.as_path(workdir).name}.png")
   _draw_attention_grid(maps, pieces, path, title=f"{os.path.basename(workdir)}: {sentence!r}")
   return path
 
@@ -257,8 +272,7 @@ def _draw_attention_grid(maps_LNTS: np.ndarray, pieces: Sequence[str], path: str
         ax.set_yticks([])
   fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  paths.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
@@ -292,12 +306,12 @@ def main(argv: Sequence[str]) -> list[str]:
   fv, workdirs = _parse(argv)
   out = fv.out or default_out(workdirs)
   if fv.attention:
-    paths = [plot_attention(w, fv.sentence, out, fv.config, fv.tokenizer) for w in workdirs]
+    written = [plot_attention(w, fv.sentence, out, fv.config, fv.tokenizer) for w in workdirs]
   else:
-    paths = plot_curves(workdirs, out)
-  for path in paths:
+    written = plot_curves(workdirs, out)
+  for path in written:
     print(path)
-  return paths
+  return written
 
 
 if __name__ == "__main__":

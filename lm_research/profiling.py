@@ -13,6 +13,8 @@ import jax
 import ml_collections
 from absl import logging
 
+from lm_research import paths
+
 
 class StepProfiler:
   """Starts and stops one trace at step boundaries; a no-op when ``profile.num_steps`` is 0."""
@@ -28,6 +30,8 @@ class StepProfiler:
     self.first = p.start_step
     self.last = min(p.start_step + p.num_steps - 1, config.train.steps)
     self.logdir = os.path.join(workdir, "profile")
+    if paths.is_remote(workdir):  # the trace is written with local file APIs
+      self.logdir = paths.local_cache(workdir, "profile")
     self.active = False
 
   def before_step(self, step: int) -> None:

@@ -6,7 +6,9 @@ Only process 0 opens any. W&B runs offline (into ``WORKDIR/wandb/``, no network)
 key is set or ``wandb.mode`` says otherwise (an online start says so first, and gives up
 after ``wandb.init_timeout`` seconds, logging offline instead); the run id is kept in
 ``WORKDIR/wandb/run_id`` so a resumed training run continues the same W&B run. The API key
-is read only to pick the mode: it is never logged, printed or written.
+is read only to pick the mode: it is never logged, printed or written. W&B and TensorBoard
+write to local disks only: for a remote workdir (gs://...) their files go to a local cache
+folder (paths.local_cache, logged), while the run id stays in the workdir.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Iterator, Mapping
 
 import ml_collections
 from absl import logging
+
+from lm_research import paths
 
 WANDB_MODES = ("online", "offline", "disabled")
 RUN_ID_FILE = os.path.join("wandb", "run_id")
@@ -53,13 +57,12 @@ class WandbSink:
     self._wandb = wandb
     c = config.wandb
     self._init_timeout = float(c.init_timeout)
-    root = os.path.abspath(c.dir or workdir)
-    os.makedirs(os.path.join(workdir, "wandb"), exist_ok=True)
+    root = _local_dir(c.dir or workdir, "tracking", "W&B")
     os.makedirs(root, exist_ok=True)
     run_id = _run_id(workdir)
     kwargs = dict(
         project=c.project or None, entity=c.entity or None,
-        name=c.name or os.path.basename(os.path.abspath(workdir)), group=c.group or None,
+        name=c.name or paths.as_path(workdir).name, group=c.group or None,
         tags=[t.strip() for t in c.tags.split(",") if t.strip()] or None, notes=c.notes or None,
         dir=root, id=run_id, resume="allow", config=config.to_dict())
     if mode == "online":  # the one step that waits on the network: say so before it does
@@ -112,16 +115,24 @@ class WandbSink:
 
 def _run_id(workdir: str, fresh: bool = False) -> str:
   """The W&B agent's run id, else the one stored in the workdir, else a new one (stored)."""
-  path = os.path.join(workdir, RUN_ID_FILE)
+  path = paths.as_path(workdir) / RUN_ID_FILE
   run_id = "" if fresh else os.environ.get("WANDB_RUN_ID", "")  # `wandb agent` assigns the id
-  if not run_id and not fresh and os.path.exists(path):
-    with open(path) as f:
-      run_id = f.read().strip()
+  if not run_id and not fresh and path.exists():
+    run_id = path.read_text().strip()
   run_id = run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits)
                             for _ in range(8))  # W&B's own id format
-  with open(path, "w") as f:
-    f.write(run_id + "\n")
+  paths.write_text(path, run_id + "\n")
   return run_id
+
+
+def _local_dir(path: str, what: str, tracker: str) -> str:
+  """``path`` made absolute, or for a remote path a local cache folder (logged once)."""
+  if not paths.is_remote(path):
+    return os.path.abspath(path)
+  local = paths.local_cache(path, what)
+  logging.info("%s writes its files to %s: it needs a local disk, and %s is remote.", tracker,
+               local, path)
+  return local
 
 
 class TensorBoardSink:
@@ -200,8 +211,9 @@ def open_sinks(config: ml_collections.ConfigDict, workdir: str, is_main: bool = 
     return []
   sinks: list[Any] = []
   if config.tensorboard.enabled:
-    sinks.append(TensorBoardSink(
-        config, config.tensorboard.dir or os.path.join(workdir, "tensorboard")))
+    sinks.append(TensorBoardSink(config, _local_dir(
+        config.tensorboard.dir or os.path.join(workdir, "tensorboard"), "tensorboard",
+        "TensorBoard")))
   if mode != "disabled":
     try:
       sinks.append(WandbSink(config, workdir, mode))

@@ -5,7 +5,8 @@
 run on the same workdir stops at once with one line naming the holder. The file a killed run
 leaves behind is taken over with one log line when its pid on this host is gone (or now belongs
 to another process); one naming another host is left alone, since its pid cannot be checked from
-here. Eval and predict only read committed checkpoints and take no lock.
+here. Eval and predict only read committed checkpoints and take no lock. A remote workdir
+(gs://...) takes no lock either: flock() locks files on this machine's disks only.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import time
 
 from absl import logging
 
+from lm_research import paths
+
 LOCK_FILE = "lock"
 
 
 def prepare_workdir(workdir: str) -> None:
   """Creates ``workdir``; a path that is a file, lies under a file or is read-only is a
-  one-line ValueError (nothing is written)."""
+  one-line ValueError (nothing is written). A remote workdir needs its filesystem installed."""
+  if paths.is_remote(workdir):
+    paths.check_filesystem(workdir)
+    return  # an object store has no folders to create, nor permissions to check up front
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -96,6 +102,10 @@ class WorkdirLock:
   def acquire(self) -> "WorkdirLock":
     """Takes the lock (creating the workdir), or raises naming the run that holds it."""
     prepare_workdir(self.workdir)
+    if paths.is_remote(self.workdir):
+      logging.info("No lock on %s: flock() works on local disks only; run one training job per "
+                   "remote workdir.", self.workdir)
+      return self
     try:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:

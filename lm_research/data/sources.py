@@ -16,6 +16,7 @@ data look the same downstream; ``label_vocab`` gives the id order.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -23,8 +24,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from lm_research import hosts
+from lm_research import hosts, paths
 from lm_research.data import formats
 from lm_research.data import local_builder
 
@@ -172,7 +174,7 @@ def _open_source(data_cfg, split: str, workdir: str, kind: str | None) -> Source
   kind = kind or _cfg(data_cfg, "kind", "")
   if source == "files":
     spec = formats.record_kind(kind or "text")
-    data_dir = _cfg(data_cfg, "data_dir", "") or os.path.join(workdir, "tfds")
+    data_dir = _cfg(data_cfg, "data_dir", "") or _prepared_dir(workdir)
     builder = local_builder.prepare(spec.name, _cfg(data_cfg, "train_path", ""),
                                     _cfg(data_cfg, "eval_path", ""), data_dir)
     if split not in builder.info.splits:
@@ -185,6 +187,18 @@ def _open_source(data_cfg, split: str, workdir: str, kind: str | None) -> Source
                   description=f"{spec.name} files {builder.data_dir}:{split}",
                   tab_joined=spec.tab_joined)
   return _open_catalog(source, data_cfg, split, kind)
+
+
+@functools.cache  # says where once per workdir, not once per split
+def _prepared_dir(workdir: str) -> str:
+  """Where local files' ArrayRecords are prepared: WORKDIR/tfds, or for a remote workdir a
+  local cache folder (ArrayRecord reads and writes local files only without TensorFlow)."""
+  if not paths.is_remote(workdir):
+    return os.path.join(workdir, "tfds")
+  local = paths.local_cache(workdir, "tfds")
+  logging.info("Preparing the data records in %s: %s is remote, and ArrayRecord needs a local "
+               "disk (set data.data_dir to choose another folder).", local, workdir)
+  return local
 
 
 def _open_catalog(name: str, data_cfg, split: str, kind: str) -> Source:

@@ -10,7 +10,6 @@ across evaluation sets). A class never predicted has precision 0, one never in g
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib
@@ -18,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from lm_research import paths  # noqa: E402
 
 
 def confusion_matrix(gold: Sequence[int], pred: Sequence[int], num_labels: int) -> np.ndarray:
@@ -92,7 +93,6 @@ def save_confusion_matrix(confusion: np.ndarray, label_names: Sequence[str], pat
   ax.set_ylabel("gold")
   ax.set_title("confusion matrix")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  paths.save_figure(fig, path, dpi=100)  # the workdir may be remote (gs://...)
   plt.close(fig)
   return path

@@ -108,7 +108,6 @@ def classification_metrics(exp, graphdef, params, batches, step: int) -> dict[st
   scores = cls_metrics.classification_scores(confusion)
   if jax.process_index() == 0 and exp.workdir:
     path = os.path.join(exp.workdir, "plots", "confusion_matrix.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     cls_metrics.save_confusion_matrix(confusion, exp.labels, path)
     logging.info("step %d: confusion matrix in %s", step, path)
   return {"loss": loss, **scores, "examples": float(len(gold))}

@@ -3,7 +3,8 @@
 Orbax reads and writes checkpoints through ``epath``; everything else under a workdir (metrics,
 config, labels, tokenizer, plots, the W&B run id) goes through the helpers here too, so a
 ``--workdir=gs://bucket/run`` works as a local folder does. Without TensorFlow, epath opens
-``gs://`` with fsspec's ``gcs`` filesystem (``pip install gcsfs``).
+``gs://`` with fsspec's ``gcs`` filesystem, and Orbax asks google.cloud.storage about the
+bucket (``pip install gcsfs google-cloud-storage``).
 """
 
 from __future__ import annotations
@@ -40,18 +41,21 @@ def exists(path) -> bool:
 
 
 def check_filesystem(path) -> None:
-  """Raises a one-line ValueError when ``path``'s remote filesystem cannot be opened here (its
-  fsspec package is missing), before any work is done; local paths pass."""
+  """Raises a one-line ValueError when ``path``'s remote filesystem cannot be opened here (a
+  package is missing), before any work is done; local paths pass."""
   if not is_remote(path):
     return
   scheme = str(path).partition("://")[0]
   try:
     fsspec.get_filesystem_class(scheme)
-  except (ImportError, ValueError) as e:
-    package = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}.get(scheme, f"an fsspec {scheme}:// "
-                                                                          "filesystem")
-    raise ValueError(f"cannot open {path}: {str(e).splitlines()[0]}; install {package} (pip "
-                     "install), or use a local path") from None
+    if scheme in ("gs", "gcs"):
+      import google.cloud.storage  # noqa: F401, PLC0415  (Orbax asks it about gs:// buckets)
+  except (ImportError, ValueError):
+    need = {"gs": "gcsfs google-cloud-storage", "gcs": "gcsfs google-cloud-storage",
+            "s3": "s3fs"}.get(scheme)
+    hint = f"pip install {need}" if need else f"install an fsspec filesystem for {scheme}://"
+    raise ValueError(f"cannot open {path}: this Python has no {scheme}:// filesystem; {hint}, "
+                     "or use a local path") from None
 
 
 def write_bytes(path, data: bytes) -> None:

@@ -126,7 +126,7 @@ def _run_id(workdir: str, fresh: bool = False) -> str:
 
 
 def _local_dir(path: str, what: str, tracker: str) -> str:
-  """``path`` made absolute, or for a remote path a local cache folder (logged once)."""
+  """``path`` made absolute, or for a remote path a local cache folder (one log line)."""
   if not paths.is_remote(path):
     return os.path.abspath(path)
   local = paths.local_cache(path, what)

@@ -279,8 +279,9 @@ def load_tokenizer(path: str, family: str) -> Tokenizer:
     raise ValueError(f"tokenizer {path!r} does not exist; give a .model, tokenizer.json, "
                      "vocab.txt or a folder with one (or leave data.tokenizer_path empty to "
                      "train one)")
-  if paths.as_path(path).is_dir():
-    names = sorted(p.name for p in paths.as_path(path).iterdir())
+  folder = paths.as_path(path)
+  if folder.is_dir():
+    names = sorted(p.name for p in folder.iterdir())
     found = [n for n in ("tokenizer.json", "vocab.txt", "spiece.model") if n in names]
     found += [n for n in names if n.endswith(".model")]
     if not found:

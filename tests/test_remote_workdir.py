@@ -184,3 +184,16 @@ def test_a_fine_tune_from_gs_writes_its_labels_and_plots_there(pretrained):
                  .splitlines()]
   assert [p["line"] for p in predictions] == [1, 2] and all("label" in p for p in predictions)
   assert os.listdir(tmp_path / "cwd") == []
+
+
+def test_wandb_keeps_its_run_id_in_a_remote_workdir_and_its_files_local(fake_fs, monkeypatch):
+  """The run id (what a resume needs) is in the bucket; W&B's own files go to the local cache."""
+  from lm_research import tracking  # noqa: PLC0415  (W&B's module only for this test)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(fake_fs / "cache"))
+  monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+  run_id = tracking._run_id("gs://bucket/run")  # noqa: SLF001
+  assert (fake_fs / "bucket" / "run" / "wandb" / "run_id").read_text() == run_id + "\n"
+  assert tracking._run_id("gs://bucket/run") == run_id  # noqa: SLF001
+  local = tracking._local_dir("gs://bucket/run", "tracking", "W&B")  # noqa: SLF001
+  assert local == paths.local_cache("gs://bucket/run", "tracking")
+  assert local.startswith(str(fake_fs / "cache"))

@@ -235,8 +235,7 @@ class Checkpointer:
     while target.exists():
       target = self.path / QUARANTINE / f"{step}-{reason}.{n}"
       n += 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source.rename(target)  # on an object store: a copy of every object, then a delete
+    paths.move(source, target)
     self.manager.reload()
     logging.warning("Checkpoint %s is unreadable (%s); moved it to %s and resuming from the "
                     "newest readable step.", source, _first_line(error), target)

@@ -77,6 +77,27 @@ def write_text(path, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+def move(source, target) -> None:
+  """Renames a folder. An object store has neither renames nor folders (one holding no object
+  yet does not exist, so epath's rename refuses the target): there each object is copied, then
+  the originals deleted."""
+  source, target = as_path(source), as_path(target)
+  if not is_remote(source):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    return
+  _copy_objects(source, target)
+  source.rmtree()
+
+
+def _copy_objects(source: epath.Path, target: epath.Path) -> None:
+  for child in source.iterdir():
+    if child.is_dir():
+      _copy_objects(child, target / child.name)
+    else:
+      child.copy(target / child.name)
+
+
 def local_cache(path, what: str) -> str:
   """A local folder standing in for ``path/what`` when ``path`` is remote, for the few writers
   that need a local disk (W&B's files, TFDS's prepared records): under $XDG_CACHE_HOME (else

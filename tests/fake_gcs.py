@@ -33,6 +33,10 @@ def filesystem_class(root: str) -> type:
     protocol = ("gs", "gcs")
     root_marker = ""
 
+    def __init__(self, *args, **kwargs):
+      # An object store writes any key: no folder has to exist first.
+      super().__init__(*args, **{"auto_mkdir": True, **kwargs})
+
     @classmethod
     def _strip_protocol(cls, path):
       path = str(path)

@@ -8,6 +8,7 @@ leaves it in the process's (empty) working directory, where the test looks for i
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -197,3 +198,24 @@ def test_wandb_keeps_its_run_id_in_a_remote_workdir_and_its_files_local(fake_fs,
   local = tracking._local_dir("gs://bucket/run", "tracking", "W&B")  # noqa: SLF001
   assert local == paths.local_cache("gs://bucket/run", "tracking")
   assert local.startswith(str(fake_fs / "cache"))
+
+
+@pytest.mark.slow
+def test_a_corrupt_step_on_gs_is_quarantined_there(pretrained, corpus):
+  """Step 4 unreadable in the bucket: it is moved (copied, then deleted: an object store has no
+  renames) to checkpoints/quarantine/, and the run retrains steps 3-4 from step 2 alike."""
+  tmp_path, _ = pretrained
+  bucket = tmp_path / "gcs" / "bucket"
+  shutil.copytree(bucket / "run", bucket / "corrupt")
+  for folder, _, files in os.walk(bucket / "corrupt" / "checkpoints" / "4" / "state"):
+    for name in files if os.path.basename(folder) == "d" else []:
+      os.truncate(os.path.join(folder, name), os.path.getsize(os.path.join(folder, name)) // 2)
+  result = run(tmp_path, f"--config={ROOT}/configs/gpt_tiny.py", *TINY,
+               f"--config.data.train_path={corpus}",
+               "--workdir=gs://bucket/corrupt", "--config.train.steps=4")
+  assert "moved it to gs://bucket/corrupt/checkpoints/quarantine/4-unreadable-" in result.stderr
+  checkpoints = bucket / "corrupt" / "checkpoints"
+  assert sorted(os.listdir(checkpoints)) == ["2", "4", "quarantine"]
+  assert [n.split("-")[0] for n in os.listdir(checkpoints / "quarantine")] == ["4"]
+  assert losses(writers.read_records(str(bucket / "corrupt"))) == losses(
+      writers.read_records(str(bucket / "run")))

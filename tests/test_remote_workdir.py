@@ -99,6 +99,20 @@ def test_metrics_on_an_object_store_are_rewritten_whole(fake_fs):
       {"step": 3, "train/loss": 9.0}]
 
 
+def test_plots_of_remote_runs_are_written_beside_them(fake_fs):
+  """lm_research.plot reads metrics.jsonl from gs:// and writes its PNGs there."""
+  from lm_research import plot  # noqa: PLC0415  (matplotlib only for this test)
+  for name in ("a", "b"):
+    writers.MetricsWriter(f"gs://bucket/{name}").write(1, {"train/loss": 2.0})
+  assert plot.default_out(["gs://bucket/a", "gs://bucket/b"]) == "gs://bucket/plots"
+  assert plot.run_labels(["gs://bucket/a", "gs://other/a"]) == ["gs://bucket/a", "gs://other/a"]
+  with pytest.raises(ValueError, match="share no folder"):
+    plot.default_out(["gs://bucket/a", "gs://other/b"])
+  written = plot.plot_curves(["gs://bucket/a"], plot.default_out(["gs://bucket/a"]))
+  assert written == ["gs://bucket/a/plots/loss.png"]
+  assert (fake_fs / "bucket" / "a" / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   """A small text corpus (documents of the bundled Shakespeare), so the tokenizer trains fast."""

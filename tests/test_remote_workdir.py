@@ -12,13 +12,12 @@ import shutil
 import subprocess
 import sys
 
+import fake_gcs
 import pytest
 
 from lm_research import paths, writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-import fake_gcs  # noqa: E402  (tests/ is not a package)
 
 TINY = ["--config.model.vocab_size=320", "--config.model.d_model=32",
         "--config.model.num_layers=2", "--config.model.num_heads=4", "--config.model.d_ff=64",

@@ -10,6 +10,7 @@ bucket (``pip install gcsfs google-cloud-storage``).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import re
@@ -48,8 +49,10 @@ def check_filesystem(path) -> None:
   scheme = str(path).partition("://")[0]
   try:
     fsspec.get_filesystem_class(scheme)
-    if scheme in ("gs", "gcs"):
-      import google.cloud.storage  # noqa: F401, PLC0415  (Orbax asks it about gs:// buckets)
+    # Orbax imports google.cloud.storage for every gs:// checkpoint directory (its package,
+    # not ours: only its presence is checked here).
+    if scheme in ("gs", "gcs") and importlib.util.find_spec("google.cloud.storage") is None:
+      raise ImportError("google.cloud.storage")
   except (ImportError, ValueError):
     need = {"gs": "gcsfs google-cloud-storage", "gcs": "gcsfs google-cloud-storage",
             "s3": "s3fs"}.get(scheme)

@@ -10,6 +10,7 @@ arrays through it). ``install(root)`` sets up both in this process. Run as a scr
 from __future__ import annotations
 
 import http.server
+import importlib.machinery
 import json
 import os
 import sys
@@ -212,6 +213,7 @@ def _fake_storage_module() -> None:
   """Puts a google.cloud.storage with a Client into sys.modules (the real one is not installed
   here and would ask Google for credentials)."""
   storage = types.ModuleType("google.cloud.storage")
+  storage.__spec__ = importlib.machinery.ModuleSpec("google.cloud.storage", None)
   storage.Client = _StorageClient
   cloud = sys.modules.get("google.cloud") or types.ModuleType("google.cloud")
   cloud.storage = storage

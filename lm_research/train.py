@@ -4,9 +4,10 @@ Resume order: the workdir's latest readable checkpoint -> ``init_from`` (pretrai
 fresh optimizer) -> fresh initialisation. SIGTERM (to any process of the run) saves at a step
 boundary all processes agree on (lm_research/preemption.py) and exits 0; rerunning the same
 command continues exactly where it stopped.
-A training run holds WORKDIR/lock for its life (one writer per workdir) and writes
-WORKDIR/config.json only once its state is restored or initialised, so a run refused for a
-config change leaves the workdir's config as it was. Eval and predict read the latest
+A training run holds WORKDIR/lock for its life (one writer per workdir; a gs:// workdir has
+none: lm_research/workdir_lock.py) and writes WORKDIR/config.json only once its state is
+restored or initialised, so a run refused for a config change leaves the workdir's config as
+it was. Eval and predict read the latest
 committed checkpoint without the lock and never write into checkpoints/.
 """
 

@@ -59,16 +59,21 @@ def hf_param_count(cfg: ModelConfig) -> int | None:
   """Parameters of the matching transformers model built on the meta device (None: no match)."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  plain = (cfg.norm == "layernorm" and cfg.position == "learned" and cfg.use_bias
+  plain = (cfg.norm == "layernorm" and cfg.use_bias
            and not cfg.gated_mlp and cfg.tie_embeddings and cfg.kv_heads == cfg.num_heads
            and cfg.head_dim in (None, cfg.d_model // cfg.num_heads))
+  learned = plain and cfg.position == "learned"
+  position_table = 0  # parameters the transformers model has and ours does not
   with torch.device("meta"):
-    if cfg.family == "encoder" and cfg.head == "pretraining" and plain and cfg.pooler:
+    if (cfg.family == "encoder" and cfg.head == "pretraining" and plain and cfg.pooler
+        and cfg.position in ("learned", "rope")):
       model = transformers.BertForPreTraining(transformers.BertConfig(
           vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
           num_attention_heads=cfg.num_heads, intermediate_size=cfg.d_ff,
           max_position_embeddings=cfg.max_len, type_vocab_size=cfg.type_vocab_size))
-    elif cfg.family == "decoder" and cfg.head == "lm" and plain and cfg.pre_norm:
+      if cfg.position == "rope":  # a rotary BERT (bert_tiny): BERT without its position table
+        position_table = cfg.max_len * cfg.d_model
+    elif cfg.family == "decoder" and cfg.head == "lm" and learned and cfg.pre_norm:
       model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
           vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
           n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.d_ff))
@@ -90,7 +95,7 @@ def hf_param_count(cfg: ModelConfig) -> int | None:
           tie_word_embeddings=cfg.tie_embeddings))
     else:
       return None
-  count = sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
+  count = sum(p.numel() for p in model.parameters()) - position_table  # tied tensors once
   if (cfg.family == "encoder_decoder" and not cfg.tie_embeddings
       and model.lm_head.weight is model.shared.weight):
     # transformers >= 5 always ties T5's lm_head in the module (its tie flag now only selects
